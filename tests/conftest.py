@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from checkpoints import PUBLISHED_CONFIG, TINY_CONFIG, write_checkpoint  # noqa: E402
+from oracle import import_oracle  # noqa: E402
+
+from toto import Toto  # noqa: E402
+
+SIZES = {"tiny": TINY_CONFIG, "full": PUBLISHED_CONFIG}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("tiny"), TINY_CONFIG, seed=1)
+
+
+@pytest.fixture(scope="session")
+def full_checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("full"), PUBLISHED_CONFIG, seed=2)
+
+
+@pytest.fixture(scope="session", params=["tiny", pytest.param("full", marks=pytest.mark.slow)])
+def model_pair(request):
+    """(ours, oracle) backbones loaded from the same published-layout checkpoint files."""
+    checkpoint = request.getfixturevalue(f"{request.param}_checkpoint")
+    upstream = import_oracle("model.toto")
+    ours = Toto.load_from_checkpoint(checkpoint).model
+    theirs = upstream.Toto.load_from_checkpoint(str(checkpoint)).model.eval()
+    return ours, theirs
+
+
+_PARITY_FIGURES: dict[str, float] = {}
+
+
+@pytest.fixture
+def record(request):
+    """Record a measured parity figure under this test's id; printed in the terminal summary."""
+
+    def _record(metric: str, value: float) -> float:
+        _PARITY_FIGURES[f"{request.node.name} {metric}"] = value
+        return value
+
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _PARITY_FIGURES:
+        return
+    terminalreporter.section("parity figures (max |ours - oracle| / max |oracle|, or max ECDF deviation / bound)")
+    for name, value in sorted(_PARITY_FIGURES.items()):
+        terminalreporter.write_line(f"{value:10.3e}  {name}")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

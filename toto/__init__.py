@@ -1,0 +1,10 @@
+"""toto-compiled: Datadog's Toto forecasting model, rebuilt for ``torch.compile``."""
+
+from .config import TotoConfig
+from .data.util.dataset import MaskedTimeseries
+from .inference.forecaster import Forecast, TotoForecaster
+from .model.toto import Toto
+
+__version__ = "0.1.0"
+
+__all__ = ["Forecast", "MaskedTimeseries", "Toto", "TotoConfig", "TotoForecaster", "__version__"]

@@ -1,0 +1,30 @@
+"""The ``toto-compiled`` command. Subcommands (check, forecast, bench) arrive in later releases."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toto-compiled",
+        description="Datadog's Toto forecasting model, rebuilt for torch.compile.",
+    )
+    parser.add_argument("--version", action="version", version=f"toto-compiled {__version__}")
+    parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

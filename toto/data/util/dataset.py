@@ -1,0 +1,57 @@
+"""Input container and padding helpers (upstream's ``toto.data.util.dataset`` path)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int, Shaped
+from torch import Tensor
+
+
+class MaskedTimeseries(NamedTuple):
+    """A (batch of) multivariate series. A leading batch dimension is optional.
+
+    ``padding_mask`` is True where a value is *observed*. ``id_mask`` groups
+    variates: only variates with equal ids attend to each other (its time
+    dimension may be 1 to broadcast). Timestamps are carried for API
+    compatibility; Toto 1.0 does not use them.
+    """
+
+    series: Float[Tensor, "*batch variate time"]
+    padding_mask: Bool[Tensor, "*batch variate time"]
+    id_mask: Int[Tensor, "*batch variate #time"]
+    timestamp_seconds: Int[Tensor, "*batch variate time"]
+    time_interval_seconds: Int[Tensor, "*batch variate"]
+    num_exogenous_variables: int = 0
+
+    def to(self, device: torch.device | str) -> "MaskedTimeseries":
+        return self._replace(**{k: v.to(device) for k, v in self._asdict().items() if isinstance(v, Tensor)})
+
+
+def padded_length(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
+def pad_array(values: Shaped[Tensor, "*batch variate time"], multiple: int) -> Shaped[Tensor, "*batch variate padded"]:
+    """Left-pad the time axis with zeros (False for masks) to a multiple of ``multiple``."""
+    values = torch.as_tensor(values)
+    amount = padded_length(values.shape[-1], multiple) - values.shape[-1]
+    if amount == 0:
+        return values
+    return torch.cat((values.new_zeros((*values.shape[:-1], amount)), values), dim=-1)
+
+
+def pad_id_mask(id_mask: Int[Tensor, "*batch variate time"], multiple: int) -> Int[Tensor, "*batch variate padded"]:
+    """Left-pad ids by repeating each variate's left-edge id."""
+    amount = padded_length(id_mask.shape[-1], multiple) - id_mask.shape[-1]
+    if amount == 0:
+        return id_mask
+    edge = id_mask[..., :1].expand(*id_mask.shape[:-1], amount)
+    return torch.cat((edge, id_mask), dim=-1)
+
+
+def replace_extreme_values(t: Tensor, replacement: float = 0.0) -> Tensor:
+    """Replace inf, NaN and values with ``|x| >= finfo.max / 2`` (upstream's guard in decoding)."""
+    extreme = ~torch.isfinite(t) | (t.abs() >= torch.finfo(t.dtype).max / 2)
+    return torch.where(extreme, torch.full_like(t, replacement), t)

@@ -1,0 +1,182 @@
+"""Checkpoint loading: hub id or local path -> config.json + model.safetensors -> strict load.
+
+Every failure names the file and, where it applies, the key. Weights are
+checked against the model *before* anything is assigned, so a bad checkpoint
+never leaves a half-loaded model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .config import ConfigError, TotoConfig
+
+if TYPE_CHECKING:
+    from .model.toto import Toto
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_MODEL_ID = "Datadog/Toto-Open-Base-1.0"
+
+# The published checkpoint uses xFormers' fused SwiGLU names; ours are the unfused ones.
+_KEY_RENAMES = ((re.compile(r"\.mlp\.0\.w12\."), ".mlp.0."), (re.compile(r"\.mlp\.0\.w3\."), ".mlp.2."))
+# A stale buffer upstream drops on load; we recompute rotary frequencies instead.
+_IGNORED_KEY = re.compile(r"(^|\.)rotary_emb\.freqs$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose tensors do not fit the model."""
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    config: Path
+    weights: Path
+
+
+def resolve_checkpoint(
+    model_id_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> CheckpointFiles:
+    """Find ``config.json`` and ``model.safetensors`` in a folder, beside a weights file, or on the hub."""
+    path = Path(os.path.expanduser(str(model_id_or_path)))
+    if path.is_dir():
+        return _local_files(path / CONFIG_NAME, path / WEIGHTS_NAME)
+    if path.is_file():
+        return _local_files(path.parent / CONFIG_NAME, path)
+    name = str(model_id_or_path)
+    if not _looks_like_repo_id(name):
+        raise FileNotFoundError(f"checkpoint not found: {name!r} is neither an existing path nor a hub repo id")
+    return CheckpointFiles(
+        *(
+            _hub_download(name, filename, revision, cache_dir, local_files_only, token, force_download)
+            for filename in (CONFIG_NAME, WEIGHTS_NAME)
+        )
+    )
+
+
+def read_config(path: Path) -> TotoConfig:
+    try:
+        raw = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from err
+    return TotoConfig.from_dict(raw, source=str(path))
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from err
+
+
+def map_checkpoint_keys(state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:
+    """Rename published SwiGLU keys to ours and drop ``rotary_emb.freqs``."""
+    mapped: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, tensor in state.items():
+        if _IGNORED_KEY.search(key):
+            continue
+        new_key = key
+        for pattern, replacement in _KEY_RENAMES:
+            new_key = pattern.sub(replacement, new_key)
+        if new_key in mapped:
+            raise CheckpointError(
+                f"{source}: keys {origin[new_key]!r} and {key!r} are two spellings of the same weight {new_key!r}"
+            )
+        mapped[new_key] = tensor
+        origin[new_key] = key
+    return mapped
+
+
+def check_weights(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` listing every missing, unexpected or mis-shaped key."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    for key in sorted(set(expected) & set(state)):
+        if tuple(state[key].shape) != expected[key]:
+            problems.append(f"key {key!r} has shape {tuple(state[key].shape)}, expected {expected[key]}")
+        elif not state[key].is_floating_point():
+            problems.append(f"key {key!r} has non-floating dtype {state[key].dtype}")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def load_toto(
+    files: CheckpointFiles,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> "Toto":
+    from .model.toto import Toto
+
+    config = read_config(files.config)
+    state = map_checkpoint_keys(read_weights(files.weights), source=str(files.weights))
+    with torch.device("meta"):
+        model = Toto(config)
+    check_weights(model, state, source=str(files.weights))
+    if dtype is None:
+        dtype = next(iter(state.values())).dtype
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _local_files(config: Path, weights: Path) -> CheckpointFiles:
+    for path in (config, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return CheckpointFiles(config, weights)
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or name.endswith(".safetensors") or os.sep in name.replace("/", ""):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_download(repo_id, filename, revision, cache_dir, local_files_only, token, force_download) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                force_download=force_download,
+            )
+        )
+    except Exception as err:  # the hub's many error types: offline, not found, gated, ...
+        raise FileNotFoundError(
+            f"could not get {filename!r} for hub repo {repo_id!r} (revision {revision or 'main'}): {err}"
+        ) from err

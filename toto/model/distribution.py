@@ -1,0 +1,116 @@
+"""The output head: a mixture of Student-T distributions, and an affine wrapper.
+
+Sampling never calls ``torch.multinomial`` or reads values back to the host:
+the component is chosen by Gumbel-max over the logits, and a Student-T draw is
+``normal / sqrt(chi2(df) / df)`` with ``chi2 = 2 * Gamma(df / 2)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+
+class MixtureOfStudentT(Distribution):
+    """Mixture over the last dimension of ``df``, ``loc``, ``scale``, ``logits`` (``[..., k]``)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, df: Tensor, loc: Tensor, scale: Tensor, logits: Tensor):
+        self.df, self.loc, self.scale, self.logits = df, loc, scale, logits
+        super().__init__(batch_shape=loc.shape[:-1], validate_args=False)
+
+    def last_steps(self, n: int) -> "MixtureOfStudentT":
+        """The mixture restricted to the last ``n`` entries of the final batch dimension."""
+        return MixtureOfStudentT(*(t[..., -n:, :] for t in (self.df, self.loc, self.scale, self.logits)))
+
+    @property
+    def mixture_probs(self) -> Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return (self.mixture_probs * self.loc).sum(-1)
+
+    @property
+    def variance(self) -> Tensor:
+        probs = self.mixture_probs
+        component_var = self.scale**2 * self.df / (self.df - 2)
+        return (probs * (component_var + self.loc**2)).sum(-1) - self.mean**2
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        z = (value[..., None] - self.loc) / self.scale
+        half_df = 0.5 * self.df
+        component = (
+            torch.lgamma(half_df + 0.5)
+            - torch.lgamma(half_df)
+            - 0.5 * torch.log(self.df * math.pi)
+            - torch.log(self.scale)
+            - (half_df + 0.5) * torch.log1p(z * z / self.df)
+        )
+        return torch.logsumexp(torch.log_softmax(self.logits, dim=-1) + component, dim=-1)
+
+    def sample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.logits.shape
+        logits, df, loc, scale = (t.expand(shape) for t in (self.logits, self.df, self.loc, self.scale))
+        uniform = torch.rand(shape, device=logits.device, dtype=logits.dtype)
+        tiny = torch.finfo(logits.dtype).tiny
+        gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
+        choice = (logits + gumbel).argmax(-1, keepdim=True)
+        df, loc, scale = (t.gather(-1, choice).squeeze(-1) for t in (df, loc, scale))
+        chi2 = 2.0 * torch._standard_gamma(0.5 * df)
+        normal = torch.randn_like(loc)
+        return loc + scale * normal * torch.rsqrt(chi2 / df)
+
+
+class AffineTransformed(Distribution):
+    """``loc + scale * X`` for a base distribution ``X``; maps the scaled space back to data."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, base: Distribution, loc: Tensor, scale: Tensor):
+        self.base, self.loc, self.scale = base, loc, scale
+        super().__init__(batch_shape=base.batch_shape, validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc + self.scale * self.base.mean
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale**2 * self.base.variance
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.base.log_prob((value - self.loc) / self.scale) - torch.log(self.scale)
+
+    def sample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
+        return self.loc + self.scale * self.base.sample(sample_shape)
+
+
+class MixtureOfStudentTsOutput(nn.Module):
+    """Projects each step's features to ``k`` Student-T components; names match the checkpoint."""
+
+    def __init__(self, embed_dim: int, k_components: int):
+        super().__init__()
+        self.df = nn.Linear(embed_dim, k_components)
+        self.loc_proj = nn.Linear(embed_dim, k_components)
+        self.scale_proj = nn.Linear(embed_dim, k_components)
+        self.mixture_weights = nn.Linear(embed_dim, k_components)
+
+    def forward(self, x: Float[Tensor, "... embed"]) -> MixtureOfStudentT:
+        eps = torch.finfo(x.dtype).eps
+        return MixtureOfStudentT(
+            df=2.0 + F.softplus(self.df(x)).clamp_min(eps),
+            loc=self.loc_proj(x),
+            scale=F.softplus(self.scale_proj(x)).clamp_min(eps),
+            logits=self.mixture_weights(x),
+        )

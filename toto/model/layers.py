@@ -1,0 +1,46 @@
+"""Small building blocks: RMSNorm, the SwiGLU feed-forward, the patch embedding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale. The weight is named ``scale``, as in the checkpoint."""
+
+    def __init__(self, dim: int, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Float[Tensor, "... dim"]) -> Float[Tensor, "... dim"]:
+        return x / torch.sqrt(torch.mean(x * x, dim=-1, keepdim=True) + self.eps) * self.scale
+
+
+class SwiGLU(nn.Module):
+    """silu(gate) * value, with the gate in the *first* half (xFormers' fused layout)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = x.chunk(2, dim=-1)
+        return F.silu(gate) * value
+
+
+def swiglu_mlp(embed_dim: int, hidden_dim: int) -> nn.Sequential:
+    """Feed-forward block; parameter names ``0.*`` and ``2.*`` match upstream's unfused spelling."""
+    return nn.Sequential(nn.Linear(embed_dim, 2 * hidden_dim), SwiGLU(), nn.Linear(hidden_dim, embed_dim))
+
+
+class PatchEmbedding(nn.Module):
+    """Cuts each variate into non-overlapping patches and projects each patch to ``embed_dim``."""
+
+    def __init__(self, patch_size: int, stride: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.stride = stride
+        self.projection = nn.Linear(patch_size, embed_dim)
+
+    def forward(self, x: Float[Tensor, "batch variate time"]) -> Float[Tensor, "batch variate patches embed"]:
+        return self.projection(x.unflatten(-1, (-1, self.patch_size)))

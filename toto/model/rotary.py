@@ -1,0 +1,55 @@
+"""Rotary position embedding with xPos scaling, laid out exactly as Toto was trained.
+
+Two details decide parity with the published weights:
+
+* angles are interleaved pairwise (f0, f0, f1, f1, ...) and rotated with the
+  matching pairwise ``rotate_half``;
+* the xPos scale is centred *per call* on ``max(t) // 2`` and laid out
+  half-split, ``[s**power, s**power]``, which does not match the interleaved
+  angles. That mismatch is what the model learned with, so we keep it.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+
+class XPosRotaryEmbedding(nn.Module):
+    """Stateless: frequencies are recomputed per call (32 values), so there is no buffer to load."""
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, scale_base: float = 512.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+        self.scale_base = scale_base
+
+    def _tables(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        half = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32)
+        inv_freq = 1.0 / self.theta ** (half / self.head_dim)
+        t = positions.to(torch.float32)
+        angles = (t[:, None] * inv_freq).repeat_interleave(2, dim=-1)
+        xpos_base = (half + 0.4 * self.head_dim) / (1.4 * self.head_dim)
+        power = (t - torch.floor(t.max() / 2)) / self.scale_base
+        scale = xpos_base ** power[:, None]
+        scale = torch.cat((scale, scale), dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype), scale.to(dtype)
+
+    def forward(
+        self,
+        q: Float[Tensor, "rows heads seq head_dim"],
+        k: Float[Tensor, "rows heads seq head_dim"],
+        positions: Float[Tensor, " seq"],
+    ) -> tuple[Tensor, Tensor]:
+        """Rotate q (scaled by the xPos scale) and k (by its inverse) at ``positions``."""
+        cos, sin, scale = self._tables(positions, q.dtype)
+        q_out = (q * cos + _rotate_pairs(q) * sin) * scale
+        k_out = (k * cos + _rotate_pairs(k) * sin) / scale
+        return q_out, k_out
+
+
+def _rotate_pairs(x: Tensor) -> Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)

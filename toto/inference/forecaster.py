@@ -23,7 +23,7 @@ class Forecast:
         """Linear-interpolated quantile(s) over samples; a tensor ``q`` adds a leading dimension."""
         samples = self._require_samples("quantile")
         q_t = torch.as_tensor(q, dtype=samples.dtype, device=samples.device)
-        if ((q_t < 0) | (q_t > 1)).any():
+        if not ((q_t >= 0) & (q_t <= 1)).all():  # also rejects NaN
             raise ValueError(f"q must lie in [0, 1], got {q}")
         ordered = samples.sort(dim=-1).values
         rank = q_t.reshape(-1) * (ordered.shape[-1] - 1)

@@ -15,7 +15,7 @@ from parity_inputs import SCENARIOS, scenario
 
 from toto import MaskedTimeseries, TotoForecaster
 from toto.data.util.dataset import pad_array, pad_id_mask
-from toto.inference.decoding import decode_step, prefill
+from toto.inference.decoding import DecodeBuffers, decode_step, prefill, start
 
 
 def rel(ours: torch.Tensor, oracle: torch.Tensor) -> float:
@@ -70,21 +70,26 @@ def test_kv_cached_decoding_teacher_forced(model_pair, name, record):
     series, observed, ids = series[..., : 6 * patch], observed[..., : 6 * patch], ids[..., : 6 * patch]
     context_patches = 2  # then 4 appended patches
     steps = 0
-    state = None
+    buffers = None
     worst = 0.0
     for end, a, b in _teacher_forced(series, observed, ids, patch, context_patches, ours, theirs):
         last = slice(-patch, None)
         b_mean = b.distribution.mean[..., last]
         errors = [rel(a.distribution.mean[..., last], b_mean), rel(a.loc, b.loc), rel(a.scale, b.scale)]
-        # The decode-state path (prefill once, then decode_step) gives the same numbers.
-        if state is None:
-            t = end * patch
-            dist, state = prefill(ours, series[..., :t], observed[..., :t], ids[..., :t], capacity=6)
+        # The decode-state path (prefill once, then decode_step with the true patch) agrees too.
+        t = end * patch
+        if buffers is None:
+            buffers = DecodeBuffers.allocate(ours, series.shape[0], series.shape[1], 16, torch.float32, "cpu")
+            prefilled = prefill(ours, series[..., :t], observed[..., :t], ids[..., :t], buffers)
+            start(buffers, prefilled, torch.zeros_like(buffers.patch))
+            ours_next = prefilled.distribution.mean
         else:
-            state.cache.advance(1)
-            dist, state = decode_step(ours, state, series[..., (end - 1) * patch : end * patch])
+            buffers.patch.copy_(series[..., t - patch : t])
+            buffers.cache.advance(1)
+            decode_step(ours, buffers, sample=False)
+            ours_next = buffers.patch
         expected = b.loc[..., last] + b.scale[..., last] * b_mean
-        errors.append(rel(dist.mean, expected))
+        errors.append(rel(ours_next, expected))
         assert max(errors) <= 1e-5, (end, errors)
         worst = max(worst, *errors)
         steps += 1

@@ -373,25 +373,33 @@ def test_kv_cache_reserve_from_empty():
     assert cache.length == 4
 
 
-def test_kv_cache_expand_repeats_outermost():
-    rows = 3
-    cache = KVCache(num_time_layers=2, rows=rows, num_heads=2, head_dim=4, capacity=5)
-    cache.keys.copy_(torch.randn_like(cache.keys))
-    cache.values.copy_(torch.randn_like(cache.values))
-    cache.advance(2)
-    expanded = cache.expand(3)
-    assert expanded.rows == 9 and expanded.capacity == 5 and expanded.length == 2
-    for i in range(3):
-        for j in range(rows):
-            assert torch.equal(expanded.keys[:, i * rows + j], cache.keys[:, j])
-            assert torch.equal(expanded.values[:, i * rows + j], cache.values[:, j])
-    expanded.keys.zero_()  # a copy, not a view
-    assert cache.keys.abs().sum() > 0
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tiny_checkpoint):
     return Toto.load_from_checkpoint(tiny_checkpoint).model.eval()
+
+
+@torch.no_grad()
+def test_prefill_shares_the_context_with_every_sample_row(tiny_model):
+    """Rows are (sample, series): each sample block holds the context the single prefill wrote."""
+    from toto.inference.decoding import DecodeBuffers, prefill, start
+
+    patch, batch, variates, repeats = tiny_model.patch_size, 2, 3, 4
+    series = _random_walk((batch, variates, 3 * patch), seed=52)
+    observed = torch.ones_like(series, dtype=torch.bool)
+    ids = torch.zeros_like(series, dtype=torch.long)
+    buffers = DecodeBuffers.allocate(tiny_model, batch * repeats, variates, 8, torch.float32, "cpu")
+    prefilled = prefill(tiny_model, series, observed, ids, buffers)
+    start(buffers, prefilled, torch.zeros_like(buffers.patch))
+
+    # An independent single-row-block encode of the same context, through the upstream-style forward.
+    reference = tiny_model.allocate_kv_cache(batch, variates, 8 * patch)
+    tiny_model(series, observed, ids, kv_cache=reference)
+    keys = buffers.cache.keys[:, :, :, :3].unflatten(1, (repeats, batch * variates))
+    for r in range(repeats):
+        torch.testing.assert_close(keys[:, r], reference.keys[:, :, :, :3])
+    scaled_rows = buffers.scaler.value_sum.unflatten(0, (repeats, batch))
+    torch.testing.assert_close(scaled_rows, prefilled.scaler.value_sum.expand(repeats, -1, -1))
+    assert buffers.position.item() == 3 and buffers.cache.length == 3
 
 
 @torch.no_grad()

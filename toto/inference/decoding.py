@@ -1,9 +1,12 @@
-"""Decode state: prefill a context once, expand it to samples, then append one patch per step.
+"""Decode state: prefill a context once, copy it into every sample row, then append one patch per step.
 
-``prefill`` and ``decode_step`` are tensor functions of (model, state, inputs);
-the state's KV cache is a static buffer written in place at a position held
-as a device tensor. Host bookkeeping (how many patches the cache holds) is
-done by the caller through ``KVCache.advance``.
+All decoding state lives in preallocated buffers (:class:`DecodeBuffers`) that
+:func:`decode_step` updates in place: the KV cache, the running float64 scaler
+sums, the newest patch and the write position (a 0-d device tensor). The step
+therefore has static shapes, reads nothing back to the host and re-binds no
+tensor, so it compiles to one graph that CUDA graphs can replay; buffers are
+marked as static addresses for that reason. How many patches the cache holds
+is host bookkeeping, done by the caller through ``KVCache.advance``.
 """
 
 from __future__ import annotations
@@ -14,17 +17,58 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from ..data.util.dataset import replace_extreme_values
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
 from ..model.kv_cache import KVCache
 from ..model.scaler import ScalerState
 
 
-class DecodeState(NamedTuple):
+class DecodeBuffers(NamedTuple):
     cache: KVCache
     scaler: ScalerState
     last_ids: Int[Tensor, "rows variate"]  # id of the newest patch; decoded patches inherit it
     position: Int[Tensor, ""]  # cache slot the next patch is written to
+    patch: Float[Tensor, "rows variate patch"]  # newest patch: input of the next step, output of the last
+
+    @classmethod
+    def allocate(cls, model: TotoBackbone, rows: int, variates: int, capacity: int, dtype, device) -> "DecodeBuffers":
+        cache = KVCache(
+            model.transformer.num_time_layers,
+            rows=rows * variates,
+            num_heads=model.config.num_heads,
+            head_dim=model.config.head_dim,
+            capacity=capacity,
+            device=device,
+            dtype=dtype,
+        )
+        stats = ScalerState(*(torch.zeros(rows, variates, dtype=torch.float64, device=device) for _ in range(5)))
+        buffers = cls(
+            cache=cache,
+            scaler=stats,
+            last_ids=torch.zeros(rows, variates, dtype=torch.long, device=device),
+            position=torch.zeros((), dtype=torch.long, device=device),
+            patch=torch.zeros(rows, variates, model.patch_size, dtype=dtype, device=device),
+        )
+        for tensor in buffers.tensors():
+            torch._dynamo.mark_static_address(tensor)
+        return buffers
+
+    def tensors(self) -> list[Tensor]:
+        return [self.cache.keys, self.cache.values, *self.scaler, self.last_ids, self.position, self.patch]
+
+    @property
+    def rows(self) -> int:
+        return self.patch.shape[0]
+
+
+class Prefilled(NamedTuple):
+    """A context encoded once: the next patch's distribution and what every sample row starts from."""
+
+    distribution: AffineTransformed
+    scaler: ScalerState
+    last_ids: Int[Tensor, "batch variate"]
+    num_patches: int
 
 
 def prefill(
@@ -32,48 +76,60 @@ def prefill(
     series: Float[Tensor, "batch variate time"],
     observed: Bool[Tensor, "batch variate time"],
     id_mask: Int[Tensor, "batch variate time"],
-    capacity: int,
-) -> tuple[AffineTransformed, DecodeState]:
-    """Encode a padded context; return the next patch's distribution and the decode state.
+    buffers: DecodeBuffers,
+) -> Prefilled:
+    """Encode a padded context into the first ``batch * variate`` cache rows of ``buffers``.
 
-    ``capacity`` is the cache size in patches (context plus decode steps).
+    The other rows get a copy of that context, so every sample starts from it.
     """
     scaled, loc, scale, stats = model.scaler(series, observed, prefix_length=series.shape[-1])
     ids = model.id_patches(id_mask, series)
     batch, variates, num_patches = ids.shape
-    cache = KVCache(
-        model.transformer.num_time_layers,
-        rows=batch * variates,
-        num_heads=model.config.num_heads,
-        head_dim=model.config.head_dim,
-        capacity=capacity,
-        device=series.device,
-        dtype=series.dtype,
-    )
-    positions = cache.reserve(num_patches)
-    hidden = model.encode(scaled, ids, positions, cache)
+    context_rows = batch * variates
+    head = KVCache.wrap(buffers.cache.keys[:, :context_rows], buffers.cache.values[:, :context_rows])
+    hidden = model.encode(scaled, ids, head.reserve(num_patches), head)
+    for cache in (buffers.cache.keys, buffers.cache.values):
+        if cache.shape[1] > context_rows:  # decoding never writes below num_patches: copy once per call
+            context = cache[:, :context_rows, :, :num_patches]
+            cache[:, context_rows:, :, :num_patches].unflatten(1, (-1, context_rows)).copy_(context.unsqueeze(1))
     distribution = AffineTransformed(model.head(hidden[:, :, -1:]), loc[..., -1:], scale[..., -1:])
-    position = torch.tensor(num_patches, device=series.device)
-    return distribution, DecodeState(cache, stats, ids[..., -1], position)
+    return Prefilled(distribution, stats, ids[..., -1], num_patches)
 
 
-def expand_state(state: DecodeState, repeats: int) -> DecodeState:
-    """Copy the state for ``repeats`` samples per series, samples outermost (rows ``sample * batch + b``)."""
-    return DecodeState(
-        state.cache.expand(repeats),
-        state.scaler.expand(repeats),
-        state.last_ids.repeat(repeats, 1),
-        state.position,
-    )
+def start(buffers: DecodeBuffers, prefilled: Prefilled, first_patch: Float[Tensor, "rows variate patch"]) -> None:
+    """Reset ``buffers`` to just after the context, with ``first_patch`` as the newest patch.
+
+    Rows are laid out (sample, series), samples outermost.
+    """
+    batch = prefilled.last_ids.shape[0]
+    for dst, src in zip(buffers.scaler, prefilled.scaler):
+        dst.unflatten(0, (-1, batch)).copy_(src)
+    buffers.last_ids.unflatten(0, (-1, batch)).copy_(prefilled.last_ids)
+    buffers.position.fill_(prefilled.num_patches)
+    buffers.patch.copy_(first_patch)
+    buffers.cache.length = prefilled.num_patches
 
 
-def decode_step(
-    model: TotoBackbone,
-    state: DecodeState,
-    patch: Float[Tensor, "rows variate patch"],
-) -> tuple[AffineTransformed, DecodeState]:
-    """Append ``patch`` at ``state.position``; return the following patch's distribution and the new state."""
-    scaled, loc, scale, stats = model.scaler.step(state.scaler, patch)
-    hidden = model.encode(scaled, state.last_ids[..., None], state.position[None], state.cache)
+def next_patch(distribution: AffineTransformed, sample: bool, draws: tuple[int, ...] = ()) -> Tensor:
+    """The distribution's mean, or a draw (``draws`` extra leading dims), with extreme values replaced."""
+    return replace_extreme_values(distribution.sample(draws) if sample else distribution.mean)
+
+
+def decode_step(model: TotoBackbone, buffers: DecodeBuffers, sample: bool) -> None:
+    """Append ``buffers.patch`` at ``buffers.position`` and replace it with the next patch (a draw or the mean)."""
+    scaled, loc, scale, stats = model.scaler.step(buffers.scaler, buffers.patch)
+    hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], buffers.cache)
     distribution = AffineTransformed(model.head(hidden), loc[..., None], scale[..., None])
-    return distribution, state._replace(scaler=stats, position=state.position + 1)
+    buffers.patch.copy_(next_patch(distribution, sample))
+    for dst, src in zip(buffers.scaler[:3], stats[:3]):  # the clamp bounds never change
+        dst.copy_(src)
+    buffers.position.add_(1)
+
+
+# One function per mode, so each compiles to exactly one graph (a bool argument would be a guard).
+def sample_step(model: TotoBackbone, buffers: DecodeBuffers) -> None:
+    decode_step(model, buffers, sample=True)
+
+
+def mean_step(model: TotoBackbone, buffers: DecodeBuffers) -> None:
+    decode_step(model, buffers, sample=False)

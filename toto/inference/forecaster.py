@@ -8,10 +8,19 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..data.util.dataset import MaskedTimeseries, pad_array, pad_id_mask, replace_extreme_values
+from ..compile import CompiledFunction, CompileSettings
+from ..data.util.dataset import MaskedTimeseries, pad_array, pad_id_mask
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
-from .decoding import decode_step, expand_state, prefill
+from .decoding import DecodeBuffers, mean_step, next_patch, prefill, sample_step, start
+
+# KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
+# varying length share buffers and compiled graphs: one graph per bucket.
+CAPACITY_BUCKET = 16
+
+
+def bucket_capacity(num_patches: int) -> int:
+    return -(-num_patches // CAPACITY_BUCKET) * CAPACITY_BUCKET
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,44 @@ class TotoForecaster:
 
     The context is encoded once per series; its KV cache and scaler state are
     then copied into every sample trajectory (upstream re-encodes the context
-    for every sample batch; the outputs have the same distribution).
+    for every sample batch; the outputs have the same distribution). Decode
+    buffers are allocated per (rows, variates, capacity bucket, dtype, device)
+    and reused across calls.
+
+    ``torch_compile`` compiles the decode step (``None``: read ``TOTO_COMPILE``);
+    ``compile_mode``/``compile_backend`` as in ``torch.compile`` (``None``:
+    ``TOTO_COMPILE_MODE``, else ``reduce-overhead`` on CUDA and ``default`` on CPU).
     """
 
-    def __init__(self, model: TotoBackbone):
+    def __init__(
+        self,
+        model: TotoBackbone,
+        *,
+        torch_compile: bool | None = None,
+        compile_mode: str | None = None,
+        compile_backend: str | None = None,
+    ):
         self.model = model.eval()
+        self.compile_settings = CompileSettings.resolve(torch_compile, compile_mode, compile_backend, model.device)
+        self._steps = {
+            True: CompiledFunction(sample_step, self.compile_settings),
+            False: CompiledFunction(mean_step, self.compile_settings),
+        }
+        self._buffers: dict[tuple, DecodeBuffers] = {}
+
+    @property
+    def compiled(self) -> bool:
+        """Whether decode steps currently run compiled (False after a compile failure)."""
+        return all(step.active for step in self._steps.values())
+
+    @property
+    def compile_error(self) -> str | None:
+        """Why compilation was abandoned, if it was."""
+        return next((step.error for step in self._steps.values() if step.error), None)
+
+    def clear_buffers(self) -> None:
+        """Free the decode buffers kept for reuse."""
+        self._buffers.clear()
 
     @torch.no_grad()
     def forecast(
@@ -79,22 +121,19 @@ class TotoForecaster:
         if inputs.num_exogenous_variables:
             raise NotImplementedError("num_exogenous_variables > 0 (exogenous inputs) is not supported")
         series, observed, ids = self._prepare(inputs)
-        patch = self.model.patch_size
-        num_steps = -(-prediction_length // patch)
+        num_steps = -(-prediction_length // self.model.patch_size)
 
+        if not use_kv_cache:
+            chunks = [None] if num_samples is None else [
+                min(samples_per_batch, num_samples - done) for done in range(0, num_samples, samples_per_batch)
+            ]
+            paths = torch.cat([self._decode_without_cache(series, observed, ids, num_steps, rows) for rows in chunks])
+        else:
+            paths = self._decode(series, observed, ids, num_steps, num_samples, samples_per_batch)
         if num_samples is None:
-            path = self._decode(series, observed, ids, num_steps, sample_rows=None, use_kv_cache=use_kv_cache)
-            mean = path[..., :prediction_length]
-            return Forecast(mean=mean, samples=None)
-
-        batches = []
-        for start in range(0, num_samples, samples_per_batch):
-            rows = min(samples_per_batch, num_samples - start)
-            batches.append(self._decode(series, observed, ids, num_steps, sample_rows=rows, use_kv_cache=use_kv_cache))
-        # Each batch is laid out (sample, series); stack samples last.
-        batch = series.shape[0]
-        paths = torch.cat([b.unflatten(0, (-1, batch)) for b in batches], dim=0)
-        samples = paths[..., :prediction_length].permute(1, 2, 3, 0)
+            return Forecast(mean=paths[..., :prediction_length], samples=None)
+        # Rows are laid out (sample, series); put samples last.
+        samples = paths.unflatten(0, (-1, series.shape[0]))[..., :prediction_length].permute(1, 2, 3, 0)
         return Forecast(mean=samples.mean(dim=-1), samples=samples)
 
     def _prepare(self, inputs: MaskedTimeseries) -> tuple[Tensor, Tensor, Tensor]:
@@ -120,28 +159,36 @@ class TotoForecaster:
         return series, observed, ids
 
     def _decode(
-        self, series: Tensor, observed: Tensor, ids: Tensor, num_steps: int, sample_rows: int | None, use_kv_cache: bool
+        self, series: Tensor, observed: Tensor, ids: Tensor, num_steps: int, num_samples: int | None, per_batch: int
     ) -> Float[Tensor, "rows variate steps_x_patch"]:
-        """One decoding run; ``sample_rows=None`` follows the mean, else draws that many paths per series.
+        """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time.
 
-        Sample rows are laid out (sample, series), samples outermost, as upstream.
+        Every batch has the same number of rows (the last one is trimmed), so one
+        compiled graph serves them all.
         """
-        if not use_kv_cache:
-            return self._decode_without_cache(series, observed, ids, num_steps, sample_rows)
-        num_context = series.shape[-1] // self.model.patch_size
-        distribution, state = prefill(self.model, series, observed, ids, capacity=num_context + num_steps - 1)
-        if sample_rows is None:
-            patch = _next_patch(distribution, None)
-        else:  # one prefill serves every sample: draw sample_rows patches from it, then copy the state
-            patch = _next_patch(distribution, sample_rows)
-            state = expand_state(state, sample_rows)
-        patches = [patch]
-        for _ in range(num_steps - 1):
-            state.cache.advance(1)
-            distribution, state = decode_step(self.model, state, patch)
-            patch = _next_patch(distribution, None if sample_rows is None else 0)
-            patches.append(patch)
-        return torch.cat(patches, dim=-1)
+        batch, variates, length = series.shape
+        repeats = 1 if num_samples is None else min(per_batch, num_samples)
+        num_context = length // self.model.patch_size
+        buffers = self._buffers_for(batch * repeats, variates, bucket_capacity(num_context + num_steps - 1), series)
+        prefilled = prefill(self.model, series, observed, ids, buffers)
+        sample = num_samples is not None
+        step = self._steps[sample]
+        paths = []
+        for _ in range(1 if num_samples is None else -(-num_samples // repeats)):
+            patches = [next_patch(prefilled.distribution, sample, (repeats,) if sample else ()).flatten(0, -3)]
+            start(buffers, prefilled, patches[0])
+            for _ in range(num_steps - 1):
+                buffers.cache.advance(1)
+                step(self.model, buffers)
+                patches.append(buffers.patch.clone())
+            paths.append(torch.cat(patches, dim=-1))
+        return torch.cat(paths)[: batch * (num_samples or 1)]
+
+    def _buffers_for(self, rows: int, variates: int, capacity: int, like: Tensor) -> DecodeBuffers:
+        key = (rows, variates, capacity, like.dtype, like.device)
+        if key not in self._buffers:
+            self._buffers[key] = DecodeBuffers.allocate(self.model, rows, variates, capacity, like.dtype, like.device)
+        return self._buffers[key]
 
     def _decode_without_cache(
         self, series: Tensor, observed: Tensor, ids: Tensor, num_steps: int, sample_rows: int | None
@@ -156,23 +203,12 @@ class TotoForecaster:
             base, loc, scale = self.model(series, observed, ids, scaling_prefix_length=prefix_length)
             last_patch = base.last_steps(patch_size)
             distribution = AffineTransformed(last_patch, loc[..., -patch_size:], scale[..., -patch_size:])
-            patch = _next_patch(distribution, None if sample_rows is None else 0)
+            patch = next_patch(distribution, sample_rows is not None)
             patches.append(patch)
             series = torch.cat((series, patch), dim=-1)
             observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
             ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
         return torch.cat(patches, dim=-1)
-
-
-def _next_patch(distribution: AffineTransformed, draws: int | None) -> Tensor:
-    """The mean (``draws=None``), one draw per row (``0``), or ``draws`` draws stacked outermost."""
-    if draws is None:
-        value = distribution.mean
-    elif draws == 0:
-        value = distribution.sample()
-    else:
-        value = distribution.sample((draws,)).flatten(0, 1)
-    return replace_extreme_values(value)
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -33,6 +33,13 @@ class KVCache:
         self.values: Float[Tensor, "layers rows heads capacity head_dim"] = torch.zeros_like(self.keys)
         self.length = 0  # host-side count of patches written; never read from the device
 
+    @classmethod
+    def wrap(cls, keys: Tensor, values: Tensor, length: int = 0) -> "KVCache":
+        """A cache over existing buffers (e.g. a view of another cache's first rows)."""
+        cache = cls.__new__(cls)
+        cache.keys, cache.values, cache.length = keys, values, length
+        return cache
+
     @property
     def capacity(self) -> int:
         return self.keys.shape[3]
@@ -68,14 +75,6 @@ class KVCache:
 
     def layer(self, slot: int) -> tuple[Tensor, Tensor]:
         return self.keys[slot], self.values[slot]
-
-    def expand(self, repeats: int) -> "KVCache":
-        """A new cache with every row repeated ``repeats`` times, repeats outermost."""
-        out = KVCache.__new__(KVCache)
-        out.keys = self.keys.repeat(1, repeats, 1, 1, 1)
-        out.values = self.values.repeat(1, repeats, 1, 1, 1)
-        out.length = self.length
-        return out
 
     def reset(self) -> None:
         # Stale entries are masked out by position, so zeroing is unnecessary.

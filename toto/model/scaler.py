@@ -30,9 +30,6 @@ class ScalerState(NamedTuple):
     min_scale: Tensor  # clamp bounds from the context's global statistics
     max_scale: Tensor
 
-    def expand(self, repeats: int) -> "ScalerState":
-        """Repeat every row ``repeats`` times, repeats outermost."""
-        return ScalerState(*(t.repeat(repeats, 1) for t in self))
 
 
 class CausalPatchScaler(nn.Module):

@@ -1,0 +1,174 @@
+"""Compile health of the decode step (deterministic counts, tiny model) and compiled-vs-eager equality."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from toto import MaskedTimeseries, Toto, TotoForecaster
+from toto.compile import CompiledFunction, CompileSettings
+from toto.diagnostics import snapshot
+from toto.inference.forecaster import bucket_capacity
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return Toto.load_from_checkpoint(tiny_checkpoint).model
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def masked(length: int, batch: int = 2, variates: int = 3, seed: int = 0) -> MaskedTimeseries:
+    gen = torch.Generator().manual_seed(seed)
+    series = 5 + torch.randn(batch, variates, length, generator=gen).cumsum(-1)
+    return MaskedTimeseries(
+        series=series,
+        padding_mask=torch.ones_like(series, dtype=torch.bool),
+        id_mask=torch.zeros_like(series, dtype=torch.int),
+        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
+        time_interval_seconds=torch.full((batch, variates), 60, dtype=torch.int),
+    )
+
+
+class RecompileLimitWatcher(logging.Handler):
+    """Collects dynamo's 'hit config.recompile_limit' warnings."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if "recompile_limit" in message or "cache_size_limit" in message:
+            self.messages.append(message)
+
+
+@pytest.fixture
+def recompile_limit_warnings():
+    watcher = RecompileLimitWatcher()
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(watcher)
+    yield watcher.messages
+    logger.removeHandler(watcher)
+
+
+def test_decode_steps_compile_once_and_never_again(model, recompile_limit_warnings):
+    forecaster = TotoForecaster(model, torch_compile=True)
+    before = snapshot()
+    forecaster.forecast(masked(100), 80, num_samples=20, samples_per_batch=8)  # sample step
+    forecaster.forecast(masked(100), 80)  # mean step
+    warm = snapshot() - before
+    assert forecaster.compiled and forecaster.compile_error is None
+    assert warm.graph_breaks == 0
+    assert warm.graphs == 2  # one graph per step function
+    assert warm.recompiles == 0
+
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for seed in range(10):
+            forecaster.forecast(masked(100, seed=seed), 80, num_samples=20, samples_per_batch=8)
+            forecaster.forecast(masked(100, seed=seed), 80)
+    steady = snapshot() - before - warm
+    assert steady.graphs == 0 and steady.recompiles == 0 and steady.graph_breaks == 0
+    assert not recompile_limit_warnings
+
+
+def test_backtest_with_varying_context_stays_within_buckets(model, recompile_limit_warnings):
+    """24 windows, contexts 300..2000: graphs are bounded by the capacity buckets they touch."""
+    patch, horizon = model.patch_size, 48
+    forecaster = TotoForecaster(model, torch_compile=True)
+    contexts = torch.linspace(300, 2000, 24).long().tolist()
+    steps = -(-horizon // patch)
+    buckets = {bucket_capacity(-(-c // patch) + steps - 1) for c in contexts}
+    before = snapshot()
+    for i, context in enumerate(contexts):
+        forecaster.forecast(masked(context, batch=1, variates=1, seed=i), horizon, num_samples=16, samples_per_batch=16)
+    stats = snapshot() - before
+    assert len(buckets) == 7  # the bound this test states: ceil(125 / 16) buckets of 16 patches, less empty ones
+    assert stats.graph_breaks == 0
+    assert 1 <= stats.graphs <= len(buckets)
+    assert not recompile_limit_warnings
+    assert len(forecaster._buffers) == len(buckets)  # buffers reused per bucket, not per call
+
+
+@pytest.mark.parametrize("num_samples", [None, 24])
+@torch.no_grad()
+def test_compiled_equals_eager_at_the_same_seed(model, num_samples):
+    inputs = masked(90)
+    results = []
+    for compiled in (False, True):
+        forecaster = TotoForecaster(model, torch_compile=compiled)
+        torch.manual_seed(7)
+        with torch._inductor.config.patch(fallback_random=True):
+            results.append(forecaster.forecast(inputs, 70, num_samples=num_samples, samples_per_batch=10))
+    eager, compiled = results
+    reference = eager.mean if num_samples is None else eager.samples
+    other = compiled.mean if num_samples is None else compiled.samples
+    assert ((other - reference).abs().max() / reference.abs().max()).item() <= 1e-5
+
+
+@torch.no_grad()
+def test_directly_compiled_backbone_does_not_storm(model, recompile_limit_warnings):
+    """Upstream-style loop: torch.compile(backbone), a KV cache, the series grown by one patch per call."""
+    compiled = torch.compile(model)
+    patch, context = model.patch_size, 4 * model.patch_size
+    inputs = masked(context)
+    series, observed, ids = inputs.series, inputs.padding_mask, inputs.id_mask
+    cache = model.allocate_kv_cache(2, 3, context + 20 * patch)
+    base, loc, scale = compiled(series, observed, ids, kv_cache=cache, scaling_prefix_length=context)  # prefill
+    before = snapshot()
+    for _ in range(20):
+        new = loc[..., -patch:] + scale[..., -patch:] * base.mean[..., -patch:]
+        series = torch.cat((series, new), dim=-1)
+        observed = torch.cat((observed, torch.ones_like(new, dtype=torch.bool)), dim=-1)
+        ids = torch.cat((ids, ids[..., -patch:]), dim=-1)
+        base, loc, scale = compiled(series, observed, ids, kv_cache=cache, scaling_prefix_length=context)
+    stats = snapshot() - before
+    assert cache.length == 24
+    assert stats.graphs <= 3
+    assert not recompile_limit_warnings
+
+
+def test_compile_failure_falls_back_to_eager_once(model):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    forecaster = TotoForecaster(model, torch_compile=True, compile_backend=broken_backend)
+    eager = TotoForecaster(model, torch_compile=False)
+    with pytest.warns(RuntimeWarning, match="running eagerly") as caught:
+        got = forecaster.forecast(masked(50), 40)
+    assert len([w for w in caught if "running eagerly" in str(w.message)]) == 1
+    assert not forecaster.compiled and "no compiler here" in forecaster.compile_error
+    torch.testing.assert_close(got.mean, eager.forecast(masked(50), 40).mean)
+
+
+def test_compiled_function_reraises_errors_eager_raises_too():
+    def always_fails(x):
+        raise ValueError("bad input")
+
+    step = CompiledFunction(always_fails, CompileSettings(enabled=True, backend="eager"))
+    with pytest.raises(ValueError, match="bad input"):
+        step(torch.ones(1))
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("TOTO_COMPILE", "1")
+    monkeypatch.setenv("TOTO_COMPILE_MODE", "max-autotune-no-cudagraphs")
+    settings = CompileSettings.resolve(device="cpu")
+    assert settings.enabled and settings.mode == "max-autotune-no-cudagraphs"
+    assert not CompileSettings.resolve(torch_compile=False).enabled  # arguments win
+    monkeypatch.delenv("TOTO_COMPILE_MODE")
+    assert CompileSettings.resolve(device="cpu").mode == "default"
+    assert CompileSettings.resolve(device="cuda").mode == "reduce-overhead"
+    monkeypatch.setenv("TOTO_COMPILE_MODE", "fastest")
+    with pytest.raises(ValueError, match="TOTO_COMPILE_MODE"):
+        CompileSettings.resolve()
+    monkeypatch.setenv("TOTO_COMPILE", "maybe")
+    with pytest.raises(ValueError, match="TOTO_COMPILE"):
+        CompileSettings.resolve(compile_mode="default")

@@ -1,0 +1,98 @@
+"""Compile policy: what gets compiled, how, and what happens when compiling fails.
+
+Only the decode step is compiled (``fullgraph=True``): it is the code that
+repeats, with static shapes. The model code has no compile-specific branches.
+
+Settings come from arguments, else the environment:
+``TOTO_COMPILE=1`` turns compilation on, ``TOTO_COMPILE_MODE`` picks the mode.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+ENV_COMPILE = "TOTO_COMPILE"
+ENV_COMPILE_MODE = "TOTO_COMPILE_MODE"
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# On CPU there are no CUDA graphs to replay; plain inductor measured fastest (docs/PERFORMANCE.md).
+CPU_DEFAULT_MODE = "default"
+CUDA_DEFAULT_MODE = "reduce-overhead"
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    enabled: bool = False
+    mode: str = CPU_DEFAULT_MODE
+    backend: str = "inductor"
+
+    @classmethod
+    def resolve(
+        cls,
+        torch_compile: bool | None = None,
+        compile_mode: str | None = None,
+        compile_backend: str | None = None,
+        device: torch.device | str = "cpu",
+    ) -> "CompileSettings":
+        """Arguments win; ``None`` means "read the environment, else the device's default"."""
+        enabled = _env_flag(ENV_COMPILE) if torch_compile is None else bool(torch_compile)
+        mode = compile_mode or os.environ.get(ENV_COMPILE_MODE) or default_mode(device)
+        if mode not in MODES:
+            source = "compile_mode" if compile_mode else ENV_COMPILE_MODE
+            raise ValueError(f"{source}: unknown mode {mode!r}; expected one of {MODES}")
+        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor")
+
+
+def default_mode(device: torch.device | str) -> str:
+    return CUDA_DEFAULT_MODE if torch.device(device).type == "cuda" else CPU_DEFAULT_MODE
+
+
+class CompiledFunction:
+    """``fn`` under ``torch.compile(fullgraph=True)``, falling back to eager once if compiling fails.
+
+    A failure warns once and is kept in :attr:`error`; from then on the eager
+    function runs. An error that eager execution raises too is the caller's.
+    """
+
+    def __init__(self, fn: Callable[..., Any], settings: CompileSettings):
+        self.fn = fn
+        self.settings = settings
+        self.error: str | None = None
+        self._compiled = None
+        if settings.enabled:
+            options = {} if settings.backend != "inductor" else {"mode": settings.mode}
+            self._compiled = torch.compile(fn, fullgraph=True, backend=settings.backend, **options)
+
+    @property
+    def active(self) -> bool:
+        """True while calls go through the compiled function."""
+        return self._compiled is not None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is None:
+            return self.fn(*args, **kwargs)
+        try:
+            return self._compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any compiler failure
+            result = self.fn(*args, **kwargs)  # an error eager raises too is the caller's, not the compiler's
+            self._compiled = None
+            self.error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
+            warnings.warn(
+                f"torch.compile of {getattr(self.fn, '__name__', self.fn)} failed ({self.error}); running eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return result
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"environment variable {name}={value!r}: expected 1/0, true/false, yes/no or on/off")

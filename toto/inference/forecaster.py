@@ -167,11 +167,15 @@ class TotoForecaster:
         compiled graph serves them all.
         """
         batch, variates, length = series.shape
-        repeats = 1 if num_samples is None else min(per_batch, num_samples)
         num_context = length // self.model.patch_size
-        buffers = self._buffers_for(batch * repeats, variates, bucket_capacity(num_context + num_steps - 1), series)
-        prefilled = prefill(self.model, series, observed, ids, buffers)
         sample = num_samples is not None
+        capacity = bucket_capacity(num_context + num_steps - 1)
+        if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
+            prefilled = prefill(self.model, series, observed, ids, self._buffers_for(batch, variates, capacity, series))
+            return next_patch(prefilled.distribution, sample, (num_samples,) if sample else ()).flatten(0, -3)
+        repeats = 1 if num_samples is None else min(per_batch, num_samples)
+        buffers = self._buffers_for(batch * repeats, variates, capacity, series)
+        prefilled = prefill(self.model, series, observed, ids, buffers)
         step = self._steps[sample]
         paths = []
         for _ in range(1 if num_samples is None else -(-num_samples // repeats)):

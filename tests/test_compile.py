@@ -94,7 +94,7 @@ def test_backtest_with_varying_context_stays_within_buckets(model, recompile_lim
     assert stats.graph_breaks == 0
     assert 1 <= stats.graphs <= len(buckets)
     assert not recompile_limit_warnings
-    assert len(forecaster._buffers) == len(buckets)  # buffers reused per bucket, not per call
+    assert len(forecaster._buffers) == 2 * len(buckets)  # context + sample buffers per bucket, not per call
 
 
 @pytest.mark.parametrize("num_samples", [None, 24])
@@ -135,6 +135,21 @@ def test_directly_compiled_backbone_does_not_storm(model, recompile_limit_warnin
     assert not recompile_limit_warnings
 
 
+@torch.no_grad()
+def test_compiled_prefill_is_one_dynamic_graph(model, recompile_limit_warnings):
+    """Prefill compiled (the CUDA default, forced here): contexts of any length and bucket share one graph."""
+    compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True)
+    eager = TotoForecaster(model, torch_compile=False)
+    before = snapshot()
+    for length in (70, 300, 130):  # three different patch counts, two capacity buckets
+        got = compiled.forecast(masked(length), 40)
+        torch.testing.assert_close(got.mean, eager.forecast(masked(length), 40).mean, rtol=1e-5, atol=1e-5)
+    stats = snapshot() - before
+    assert stats.graph_breaks == 0
+    assert stats.graphs == 1 + 2  # one dynamic prefill graph; the mean step once per capacity bucket
+    assert not recompile_limit_warnings
+
+
 def test_compile_failure_falls_back_to_eager_once(model):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no compiler here")
@@ -166,6 +181,8 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.delenv("TOTO_COMPILE_MODE")
     assert CompileSettings.resolve(device="cpu").mode == "default"
     assert CompileSettings.resolve(device="cuda").mode == "reduce-overhead"
+    assert CompileSettings.resolve(device="cuda").compile_prefill
+    assert not CompileSettings.resolve(device="cpu").compile_prefill
     monkeypatch.setenv("TOTO_COMPILE_MODE", "fastest")
     with pytest.raises(ValueError, match="TOTO_COMPILE_MODE"):
         CompileSettings.resolve()

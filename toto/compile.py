@@ -1,7 +1,9 @@
 """Compile policy: what gets compiled, how, and what happens when compiling fails.
 
-Only the decode step is compiled (``fullgraph=True``): it is the code that
-repeats, with static shapes. The model code has no compile-specific branches.
+Compiled, each with ``fullgraph=True``: the decode step (the code that repeats,
+with static shapes) and, on CUDA only, the context encoding of prefill (dynamic
+in the number of patches, so varying context lengths share one graph; there it
+removes Python launch overhead). The model code has no compile-specific branches.
 
 Settings come from arguments, else the environment:
 ``TOTO_COMPILE=1`` turns compilation on, ``TOTO_COMPILE_MODE`` picks the mode.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -29,6 +31,12 @@ class CompileSettings:
     enabled: bool = False
     mode: str = CPU_DEFAULT_MODE
     backend: str = "inductor"
+    # Prefill is compiled only where it pays: on CUDA it is launch-bound at small batch;
+    # on CPU it is compute-bound and a dynamic-shape compile costs far more than it saves.
+    compile_prefill: bool = False
+
+    def for_prefill(self) -> "CompileSettings":
+        return replace(self, enabled=self.enabled and self.compile_prefill)
 
     @classmethod
     def resolve(
@@ -37,6 +45,7 @@ class CompileSettings:
         compile_mode: str | None = None,
         compile_backend: str | None = None,
         device: torch.device | str = "cpu",
+        compile_prefill: bool | None = None,
     ) -> "CompileSettings":
         """Arguments win; ``None`` means "read the environment, else the device's default"."""
         enabled = _env_flag(ENV_COMPILE) if torch_compile is None else bool(torch_compile)
@@ -44,7 +53,9 @@ class CompileSettings:
         if mode not in MODES:
             source = "compile_mode" if compile_mode else ENV_COMPILE_MODE
             raise ValueError(f"{source}: unknown mode {mode!r}; expected one of {MODES}")
-        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor")
+        if compile_prefill is None:
+            compile_prefill = torch.device(device).type == "cuda"
+        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=compile_prefill)
 
 
 def default_mode(device: torch.device | str) -> str:
@@ -58,14 +69,14 @@ class CompiledFunction:
     function runs. An error that eager execution raises too is the caller's.
     """
 
-    def __init__(self, fn: Callable[..., Any], settings: CompileSettings):
+    def __init__(self, fn: Callable[..., Any], settings: CompileSettings, dynamic: bool | None = None):
         self.fn = fn
         self.settings = settings
         self.error: str | None = None
         self._compiled = None
         if settings.enabled:
             options = {} if settings.backend != "inductor" else {"mode": settings.mode}
-            self._compiled = torch.compile(fn, fullgraph=True, backend=settings.backend, **options)
+            self._compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=settings.backend, **options)
 
     @property
     def active(self) -> bool:

@@ -11,7 +11,7 @@ is host bookkeeping, done by the caller through ``KVCache.advance``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..data.util.dataset import replace_extreme_values
 from ..model.backbone import TotoBackbone
-from ..model.distribution import AffineTransformed
+from ..model.distribution import AffineTransformed, MixtureOfStudentT
 from ..model.kv_cache import KVCache
 from ..model.scaler import ScalerState
 
@@ -71,29 +71,53 @@ class Prefilled(NamedTuple):
     num_patches: int
 
 
+def encode_context(
+    model: TotoBackbone,
+    series: Float[Tensor, "batch variate time"],
+    observed: Bool[Tensor, "batch variate time"],
+    id_mask: Int[Tensor, "batch variate time"],
+    cache: KVCache,
+    positions: Int[Tensor, " patches"],
+) -> tuple[Tensor, ...]:
+    """The compilable core of :func:`prefill`: tensors in, tensors out, ``cache`` written in place.
+
+    Returns the next patch's mixture parameters (df, loc, scale, logits), its
+    affine loc and scale, the five scaler-state tensors and the last patch's ids.
+    """
+    scaled, loc, scale, stats = model.scaler(series, observed, prefix_length=series.shape[-1])
+    ids = model.id_patches(id_mask, series)
+    mixture = model.head(model.encode(scaled, ids, positions, cache)[:, :, -1:])
+    return (mixture.df, mixture.loc, mixture.scale, mixture.logits, loc[..., -1:], scale[..., -1:], *stats, ids[..., -1])
+
+
 def prefill(
     model: TotoBackbone,
     series: Float[Tensor, "batch variate time"],
     observed: Bool[Tensor, "batch variate time"],
     id_mask: Int[Tensor, "batch variate time"],
-    buffers: DecodeBuffers,
+    cache: KVCache,
+    encode: Callable[..., tuple[Tensor, ...]] = encode_context,
 ) -> Prefilled:
-    """Encode a padded context into the first ``batch * variate`` cache rows of ``buffers``.
+    """Encode a padded context into ``cache`` (one row per series and variate).
 
-    The other rows get a copy of that context, so every sample starts from it.
+    ``encode`` is :func:`encode_context` or a compiled version of it.
     """
-    scaled, loc, scale, stats = model.scaler(series, observed, prefix_length=series.shape[-1])
-    ids = model.id_patches(id_mask, series)
-    batch, variates, num_patches = ids.shape
-    context_rows = batch * variates
-    head = KVCache.wrap(buffers.cache.keys[:, :context_rows], buffers.cache.values[:, :context_rows])
-    hidden = model.encode(scaled, ids, head.reserve(num_patches), head)
-    for cache in (buffers.cache.keys, buffers.cache.values):
-        if cache.shape[1] > context_rows:  # decoding never writes below num_patches: copy once per call
-            context = cache[:, :context_rows, :, :num_patches]
-            cache[:, context_rows:, :, :num_patches].unflatten(1, (-1, context_rows)).copy_(context.unsqueeze(1))
-    distribution = AffineTransformed(model.head(hidden[:, :, -1:]), loc[..., -1:], scale[..., -1:])
-    return Prefilled(distribution, stats, ids[..., -1], num_patches)
+    num_patches = series.shape[-1] // model.patch_size
+    cache.reset()
+    # Cloned: a CUDA graph's outputs are overwritten by its next replay.
+    outputs = [t.clone() for t in encode(model, series, observed, id_mask, cache, cache.reserve(num_patches))]
+    df, mixture_loc, mixture_scale, logits, loc, scale, *stats, last_ids = outputs
+    distribution = AffineTransformed(MixtureOfStudentT(df, mixture_loc, mixture_scale, logits), loc, scale)
+    return Prefilled(distribution, ScalerState(*stats), last_ids, num_patches)
+
+
+def share_context(buffers: DecodeBuffers, context: KVCache, num_patches: int) -> None:
+    """Copy the first ``num_patches`` cache slots of ``context`` into every sample block of ``buffers``.
+
+    Decoding never writes below ``num_patches``, so this is needed once per call.
+    """
+    for dst, src in ((buffers.cache.keys, context.keys), (buffers.cache.values, context.values)):
+        dst[:, :, :, :num_patches].unflatten(1, (-1, src.shape[1])).copy_(src[:, :, :, :num_patches].unsqueeze(1))
 
 
 def start(buffers: DecodeBuffers, prefilled: Prefilled, first_patch: Float[Tensor, "rows variate patch"]) -> None:

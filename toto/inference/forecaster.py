@@ -12,7 +12,7 @@ from ..compile import CompiledFunction, CompileSettings
 from ..data.util.dataset import MaskedTimeseries, pad_array, pad_id_mask
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
-from .decoding import DecodeBuffers, mean_step, next_patch, prefill, sample_step, start
+from .decoding import DecodeBuffers, encode_context, mean_step, next_patch, prefill, sample_step, share_context, start
 
 # KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
 # varying length share buffers and compiled graphs: one graph per bucket.
@@ -69,6 +69,7 @@ class TotoForecaster:
     ``torch_compile`` compiles the decode step (``None``: read ``TOTO_COMPILE``);
     ``compile_mode``/``compile_backend`` as in ``torch.compile`` (``None``:
     ``TOTO_COMPILE_MODE``, else ``reduce-overhead`` on CUDA and ``default`` on CPU).
+    ``compile_prefill`` also compiles the context encoding (``None``: on CUDA only).
     """
 
     def __init__(
@@ -78,9 +79,13 @@ class TotoForecaster:
         torch_compile: bool | None = None,
         compile_mode: str | None = None,
         compile_backend: str | None = None,
+        compile_prefill: bool | None = None,
     ):
         self.model = model.eval()
-        self.compile_settings = CompileSettings.resolve(torch_compile, compile_mode, compile_backend, model.device)
+        self.compile_settings = CompileSettings.resolve(
+            torch_compile, compile_mode, compile_backend, model.device, compile_prefill
+        )
+        self._encode = CompiledFunction(encode_context, self.compile_settings.for_prefill(), dynamic=True)
         self._steps = {
             True: CompiledFunction(sample_step, self.compile_settings),
             False: CompiledFunction(mean_step, self.compile_settings),
@@ -95,7 +100,10 @@ class TotoForecaster:
     @property
     def compile_error(self) -> str | None:
         """Why compilation was abandoned, if it was."""
-        return next((step.error for step in self._steps.values() if step.error), None)
+        return next((fn.error for fn in self._compiled_functions() if fn.error), None)
+
+    def _compiled_functions(self) -> list[CompiledFunction]:
+        return [self._encode, *self._steps.values()]
 
     def clear_buffers(self) -> None:
         """Free the decode buffers kept for reuse."""
@@ -170,12 +178,16 @@ class TotoForecaster:
         num_context = length // self.model.patch_size
         sample = num_samples is not None
         capacity = bucket_capacity(num_context + num_steps - 1)
+        # The context is encoded into the one-row-per-series buffers; the mean path decodes there too.
+        context = self._buffers_for(batch, variates, capacity, series)
+        prefilled = prefill(self.model, series, observed, ids, context.cache, self._encode)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
-            prefilled = prefill(self.model, series, observed, ids, self._buffers_for(batch, variates, capacity, series))
             return next_patch(prefilled.distribution, sample, (num_samples,) if sample else ()).flatten(0, -3)
         repeats = 1 if num_samples is None else min(per_batch, num_samples)
-        buffers = self._buffers_for(batch * repeats, variates, capacity, series)
-        prefilled = prefill(self.model, series, observed, ids, buffers)
+        buffers = context
+        if repeats > 1:
+            buffers = self._buffers_for(batch * repeats, variates, capacity, series)
+            share_context(buffers, context.cache, prefilled.num_patches)
         step = self._steps[sample]
         paths = []
         for _ in range(1 if num_samples is None else -(-num_samples // repeats)):

@@ -32,9 +32,9 @@ def rel(a, b) -> float:
 
 
 @torch.no_grad()
-def parity(ours, theirs, UpstreamForecaster, UpstreamMasked, device: str) -> list[str]:
+def parity(ours, theirs, UpstreamForecaster, UpstreamMasked, device: str, names: list[str]) -> list[str]:
     failures = []
-    for name in ("univariate", "multivariate_groups", "large_magnitude", "left_padding"):
+    for name in names:
         series, observed, ids = (t.to(device) for t in scenario(name, 64))
         padded = pad_array(series, 64), pad_array(observed, 64), pad_id_mask(ids, 64)
         a, b = ours(*padded), theirs(*padded)
@@ -91,6 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench-args", default="", help="extra arguments for scripts/bench.py")
     parser.add_argument("--device", default="cuda", help="cpu only to rehearse the script")
+    parser.add_argument(
+        "--parity-scenarios",
+        default="univariate,multivariate_groups,large_magnitude,left_padding",
+        type=lambda s: s.split(","),
+    )
     args = parser.parse_args()
     device = args.device
     if device == "cuda":
@@ -104,7 +109,7 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             theirs, UpstreamForecaster, UpstreamMasked = load_upstream(checkpoint, device)
-    failures = parity(ours, theirs, UpstreamForecaster, UpstreamMasked, device)
+    failures = parity(ours, theirs, UpstreamForecaster, UpstreamMasked, device, args.parity_scenarios)
     failures += compile_health(ours, device)
     del ours, theirs
     if device == "cuda":

@@ -4,7 +4,8 @@
 #
 # The oracle's extra dependencies travel as wheels in .whl/ (see docs/PERFORMANCE.md);
 # the oracle itself in .oracle/ (python scripts/install_oracle.py). Extra arguments go
-# to scripts/bench.py, e.g. --runners "ours eager,ours compiled,upstream eager".
+# to scripts/bench.py, e.g. --runners ours-eager,ours-compiled,upstream-eager;
+# PARITY_SCENARIOS=univariate,large_magnitude narrows the parity part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ]; then
@@ -13,4 +14,4 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 scripts/gpu_check.py --bench-args "$*"
+python3 scripts/gpu_check.py ${PARITY_SCENARIOS:+--parity-scenarios "$PARITY_SCENARIOS"} --bench-args "$*"

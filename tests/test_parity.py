@@ -80,7 +80,7 @@ def test_kv_cached_decoding_teacher_forced(model_pair, name, record):
         t = end * patch
         if buffers is None:
             buffers = DecodeBuffers.allocate(ours, series.shape[0], series.shape[1], 16, torch.float32, "cpu")
-            prefilled = prefill(ours, series[..., :t], observed[..., :t], ids[..., :t], buffers)
+            prefilled = prefill(ours, series[..., :t], observed[..., :t], ids[..., :t], buffers.cache)
             start(buffers, prefilled, torch.zeros_like(buffers.patch))
             ours_next = prefilled.distribution.mean
         else:

@@ -381,14 +381,16 @@ def tiny_model(tiny_checkpoint):
 @torch.no_grad()
 def test_prefill_shares_the_context_with_every_sample_row(tiny_model):
     """Rows are (sample, series): each sample block holds the context the single prefill wrote."""
-    from toto.inference.decoding import DecodeBuffers, prefill, start
+    from toto.inference.decoding import DecodeBuffers, prefill, share_context, start
 
     patch, batch, variates, repeats = tiny_model.patch_size, 2, 3, 4
     series = _random_walk((batch, variates, 3 * patch), seed=52)
     observed = torch.ones_like(series, dtype=torch.bool)
     ids = torch.zeros_like(series, dtype=torch.long)
+    context = DecodeBuffers.allocate(tiny_model, batch, variates, 8, torch.float32, "cpu")
     buffers = DecodeBuffers.allocate(tiny_model, batch * repeats, variates, 8, torch.float32, "cpu")
-    prefilled = prefill(tiny_model, series, observed, ids, buffers)
+    prefilled = prefill(tiny_model, series, observed, ids, context.cache)
+    share_context(buffers, context.cache, prefilled.num_patches)
     start(buffers, prefilled, torch.zeros_like(buffers.patch))
 
     # An independent single-row-block encode of the same context, through the upstream-style forward.

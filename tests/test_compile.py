@@ -137,7 +137,7 @@ def test_directly_compiled_backbone_does_not_storm(model, recompile_limit_warnin
 
 @torch.no_grad()
 def test_compiled_prefill_is_one_dynamic_graph(model, recompile_limit_warnings):
-    """Prefill compiled (the CUDA default, forced here): contexts of any length and bucket share one graph."""
+    """Prefill compiled on request: contexts of any length and bucket share one graph."""
     compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True)
     eager = TotoForecaster(model, torch_compile=False)
     before = snapshot()
@@ -181,8 +181,8 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.delenv("TOTO_COMPILE_MODE")
     assert CompileSettings.resolve(device="cpu").mode == "default"
     assert CompileSettings.resolve(device="cuda").mode == "reduce-overhead"
-    assert CompileSettings.resolve(device="cuda").compile_prefill
-    assert not CompileSettings.resolve(device="cpu").compile_prefill
+    assert not CompileSettings.resolve(device="cuda").compile_prefill
+    assert CompileSettings.resolve(compile_prefill=True).compile_prefill
     monkeypatch.setenv("TOTO_COMPILE_MODE", "fastest")
     with pytest.raises(ValueError, match="TOTO_COMPILE_MODE"):
         CompileSettings.resolve()

@@ -1,9 +1,9 @@
 """Compile policy: what gets compiled, how, and what happens when compiling fails.
 
 Compiled, each with ``fullgraph=True``: the decode step (the code that repeats,
-with static shapes) and, on CUDA only, the context encoding of prefill (dynamic
-in the number of patches, so varying context lengths share one graph; there it
-removes Python launch overhead). The model code has no compile-specific branches.
+with static shapes) and, when asked (``compile_prefill``), the context encoding
+of prefill (dynamic in the number of patches, so varying context lengths share
+one graph). The model code has no compile-specific branches.
 
 Settings come from arguments, else the environment:
 ``TOTO_COMPILE=1`` turns compilation on, ``TOTO_COMPILE_MODE`` picks the mode.
@@ -31,8 +31,9 @@ class CompileSettings:
     enabled: bool = False
     mode: str = CPU_DEFAULT_MODE
     backend: str = "inductor"
-    # Prefill is compiled only where it pays: on CUDA it is launch-bound at small batch;
-    # on CPU it is compute-bound and a dynamic-shape compile costs far more than it saves.
+    # Prefill stays eager unless asked: on CPU it is compute-bound and its dynamic-shape
+    # compile costs far more than it saves; on CUDA it is launch-bound at small batch and
+    # may pay, but that is not measured yet (docs/PERFORMANCE.md).
     compile_prefill: bool = False
 
     def for_prefill(self) -> "CompileSettings":
@@ -53,9 +54,7 @@ class CompileSettings:
         if mode not in MODES:
             source = "compile_mode" if compile_mode else ENV_COMPILE_MODE
             raise ValueError(f"{source}: unknown mode {mode!r}; expected one of {MODES}")
-        if compile_prefill is None:
-            compile_prefill = torch.device(device).type == "cuda"
-        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=compile_prefill)
+        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=bool(compile_prefill))
 
 
 def default_mode(device: torch.device | str) -> str:

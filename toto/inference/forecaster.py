@@ -69,7 +69,7 @@ class TotoForecaster:
     ``torch_compile`` compiles the decode step (``None``: read ``TOTO_COMPILE``);
     ``compile_mode``/``compile_backend`` as in ``torch.compile`` (``None``:
     ``TOTO_COMPILE_MODE``, else ``reduce-overhead`` on CUDA and ``default`` on CPU).
-    ``compile_prefill`` also compiles the context encoding (``None``: on CUDA only).
+    ``compile_prefill`` also compiles the context encoding (off by default).
     """
 
     def __init__(

@@ -396,9 +396,10 @@ def test_prefill_shares_the_context_with_every_sample_row(tiny_model):
     # An independent single-row-block encode of the same context, through the upstream-style forward.
     reference = tiny_model.allocate_kv_cache(batch, variates, 8 * patch)
     tiny_model(series, observed, ids, kv_cache=reference)
-    keys = buffers.cache.keys[:, :, :, :3].unflatten(1, (repeats, batch * variates))
-    for r in range(repeats):
-        torch.testing.assert_close(keys[:, r], reference.keys[:, :, :, :3])
+    for ours, expected in zip(buffers.cache.tensors(), reference.tensors()):
+        blocks = ours[:, :, :3].unflatten(0, (repeats, batch * variates))
+        for r in range(repeats):
+            torch.testing.assert_close(blocks[r], expected[:, :, :3])
     scaled_rows = buffers.scaler.value_sum.unflatten(0, (repeats, batch))
     torch.testing.assert_close(scaled_rows, prefilled.scaler.value_sum.expand(repeats, -1, -1))
     assert buffers.position.item() == 3 and buffers.cache.length == 3

@@ -46,7 +46,7 @@ class CompileSettings:
         compile_mode: str | None = None,
         compile_backend: str | None = None,
         device: torch.device | str = "cpu",
-        compile_prefill: bool | None = None,
+        compile_prefill: bool = False,
     ) -> "CompileSettings":
         """Arguments win; ``None`` means "read the environment, else the device's default"."""
         enabled = _env_flag(ENV_COMPILE) if torch_compile is None else bool(torch_compile)
@@ -54,7 +54,7 @@ class CompileSettings:
         if mode not in MODES:
             source = "compile_mode" if compile_mode else ENV_COMPILE_MODE
             raise ValueError(f"{source}: unknown mode {mode!r}; expected one of {MODES}")
-        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=bool(compile_prefill))
+        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=compile_prefill)
 
 
 def default_mode(device: torch.device | str) -> str:

@@ -24,14 +24,12 @@ class CompileStats:
 
 
 def snapshot() -> CompileStats:
-    """Totals since the process started (or since ``torch._dynamo.reset``/counters were cleared)."""
-    from torch._dynamo.utils import counters, get_compilation_metrics
+    """Totals since the process started, or since ``torch._dynamo.reset()`` (which clears them)."""
+    from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
+    from torch._dynamo.utils import counters
 
-    recompiles = 0
-    for metrics in get_compilation_metrics():  # a bounded log (the most recent compilations)
-        compile_id = str(metrics.compile_id or "")
-        if "/" in compile_id and int(compile_id.split("/")[1].split("_")[0]) > 0:
-            recompiles += 1
+    # Compilations per frame; every one after a frame's first is a recompile.
+    recompiles = sum(max(0, count - 1) for count in FRAME_COMPILE_COUNTER.values())
     return CompileStats(
         graph_breaks=sum(counters["graph_break"].values()),
         graphs=counters["stats"]["unique_graphs"],

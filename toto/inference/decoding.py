@@ -55,7 +55,7 @@ class DecodeBuffers(NamedTuple):
         return buffers
 
     def tensors(self) -> list[Tensor]:
-        return [self.cache.keys, self.cache.values, *self.scaler, self.last_ids, self.position, self.patch]
+        return [*self.cache.tensors(), *self.scaler, self.last_ids, self.position, self.patch]
 
     @property
     def rows(self) -> int:
@@ -116,8 +116,8 @@ def share_context(buffers: DecodeBuffers, context: KVCache, num_patches: int) ->
 
     Decoding never writes below ``num_patches``, so this is needed once per call.
     """
-    for dst, src in ((buffers.cache.keys, context.keys), (buffers.cache.values, context.values)):
-        dst[:, :, :, :num_patches].unflatten(1, (-1, src.shape[1])).copy_(src[:, :, :, :num_patches].unsqueeze(1))
+    for dst, src in zip(buffers.cache.tensors(), context.tensors()):
+        dst[:, :, :num_patches].unflatten(0, (-1, src.shape[0])).copy_(src[:, :, :num_patches].unsqueeze(0))
 
 
 def start(buffers: DecodeBuffers, prefilled: Prefilled, first_patch: Float[Tensor, "rows variate patch"]) -> None:

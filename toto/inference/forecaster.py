@@ -79,7 +79,7 @@ class TotoForecaster:
         torch_compile: bool | None = None,
         compile_mode: str | None = None,
         compile_backend: str | None = None,
-        compile_prefill: bool | None = None,
+        compile_prefill: bool = False,
     ):
         self.model = model.eval()
         self.compile_settings = CompileSettings.resolve(

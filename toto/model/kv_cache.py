@@ -1,8 +1,11 @@
 """Static key/value cache for the time-wise attention layers.
 
-Buffers are allocated once, shaped ``[time_layers, rows, heads, capacity,
-head_dim]``, and written in place at position *tensors* with ``index_copy_``;
-attention always spans the full capacity under a validity mask. The number of
+Buffers are allocated once, one pair per time-wise layer, each shaped ``[rows,
+heads, capacity, head_dim]``, and written in place at position *tensors*
+(``buffer[:, :, positions] = k``, an ``index_put_`` the compiler performs in
+place; one stacked tensor written through per-layer views was copied whole on
+every write once compiled). Attention always spans the full capacity under a
+validity mask. The number of
 patches written so far lives on the host as a plain int (``length``) and is
 never read back from the device, so nothing here forces a sync or makes the
 compiler specialise on a changing length.
@@ -28,25 +31,21 @@ class KVCache:
     ):
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
-        shape = (max(1, num_time_layers), rows, num_heads, capacity, head_dim)
-        self.keys: Float[Tensor, "layers rows heads capacity head_dim"] = torch.zeros(shape, device=device, dtype=dtype)
-        self.values: Float[Tensor, "layers rows heads capacity head_dim"] = torch.zeros_like(self.keys)
+        shape = (rows, num_heads, capacity, head_dim)
+        layers = max(1, num_time_layers)
+        self.keys: list[Float[Tensor, "rows heads capacity head_dim"]] = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)
+        ]
+        self.values: list[Float[Tensor, "rows heads capacity head_dim"]] = [torch.zeros_like(k) for k in self.keys]
         self.length = 0  # host-side count of patches written; never read from the device
-
-    @classmethod
-    def wrap(cls, keys: Tensor, values: Tensor, length: int = 0) -> "KVCache":
-        """A cache over existing buffers (e.g. a view of another cache's first rows)."""
-        cache = cls.__new__(cls)
-        cache.keys, cache.values, cache.length = keys, values, length
-        return cache
 
     @property
     def capacity(self) -> int:
-        return self.keys.shape[3]
+        return self.keys[0].shape[2]
 
     @property
     def rows(self) -> int:
-        return self.keys.shape[1]
+        return self.keys[0].shape[0]
 
     @torch.compiler.disable
     def advance(self, num_patches: int) -> int:
@@ -66,12 +65,15 @@ class KVCache:
     def reserve(self, num_patches: int) -> Int[Tensor, " num_patches"]:
         """Claim the next ``num_patches`` slots; return their positions as a device tensor."""
         start = self.advance(num_patches)
-        return torch.arange(start, start + num_patches, device=self.keys.device)
+        return torch.arange(start, start + num_patches, device=self.keys[0].device)
 
     def write(self, slot: int, positions: Int[Tensor, " n"], keys: Tensor, values: Tensor) -> None:
         """Store ``keys``/``values`` ``[rows, heads, n, head_dim]`` of time layer ``slot`` at ``positions``."""
-        self.keys[slot].index_copy_(2, positions, keys.to(self.keys.dtype))
-        self.values[slot].index_copy_(2, positions, values.to(self.values.dtype))
+        self.keys[slot][:, :, positions] = keys.to(self.keys[slot].dtype)
+        self.values[slot][:, :, positions] = values.to(self.values[slot].dtype)
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.keys, *self.values]
 
     def layer(self, slot: int) -> tuple[Tensor, Tensor]:
         return self.keys[slot], self.values[slot]

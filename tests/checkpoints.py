@@ -14,23 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-PUBLISHED_CONFIG = {
-    "patch_size": 64,
-    "stride": 64,
-    "embed_dim": 768,
-    "num_layers": 12,
-    "num_heads": 12,
-    "mlp_hidden_dim": 3072,
-    "dropout": 0.1,
-    "spacewise_every_n_layers": 12,
-    "scaler_cls": "<class 'model.scaler.CausalPatchStdMeanScaler'>",
-    "output_distribution_classes": ["<class 'model.distribution.MixtureOfStudentTsOutput'>"],
-    "spacewise_first": False,
-    "output_distribution_kwargs": {"k_components": 24},
-    "use_memory_efficient_attention": True,
-    "stabilize_with_global": True,
-    "scale_factor_exponent": 10.0,
-}
+from toto import config as toto_config
+
+# The published config.json; its values are checked against the facts sheet in test_loading.
+PUBLISHED_CONFIG = toto_config.PUBLISHED_CONFIG
 
 # Small enough for compile tests, with two space-wise layers and several heads.
 TINY_CONFIG = {

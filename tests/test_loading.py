@@ -43,7 +43,10 @@ def test_config_fields_are_read_from_the_file(tmp_path):
 
 def test_published_config_parses():
     config = TotoConfig.from_dict(PUBLISHED_CONFIG)
-    assert (config.patch_size, config.embed_dim, config.num_layers, config.k_components) == (64, 768, 12, 24)
+    assert (config.patch_size, config.stride, config.embed_dim, config.num_layers) == (64, 64, 768, 12)
+    assert (config.num_heads, config.mlp_hidden_dim, config.spacewise_every_n_layers) == (12, 3072, 12)
+    assert (config.k_components, config.stabilize_with_global, config.scale_factor_exponent) == (24, True, 10.0)
+    assert config.spacewise_first is False and config.dropout == 0.1
     assert config.spacewise_layers == (False,) * 11 + (True,)
 
 

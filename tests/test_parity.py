@@ -108,20 +108,31 @@ def _masked(series, observed, ids, module):
     )
 
 
+# Decoding modes: the KV-cached path eager or compiled, and upstream's uncached re-encoding.
+MODES = ["cached", "compiled", "uncached"]
+
+
+def _forecaster(ours, mode: str) -> TotoForecaster:
+    if mode != "cached" and ours.embed_dim > 64:
+        pytest.skip(f"{mode} decoding is checked at tiny size only (CPU time)")
+    if mode == "compiled":
+        torch._dynamo.reset()  # a fresh compile for this test's shapes
+    return TotoForecaster(ours, torch_compile=mode == "compiled")
+
+
 @pytest.mark.parametrize("name", ["univariate", "multivariate_groups", "left_padding", "large_magnitude"])
-@pytest.mark.parametrize("use_kv_cache", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 @torch.no_grad()
-def test_mean_forecast(model_pair, name, use_kv_cache, record):
+def test_mean_forecast(model_pair, name, mode, record):
     ours, theirs = model_pair
-    if not use_kv_cache and ours.embed_dim > 64:
-        pytest.skip("the uncached path re-encodes every step; checked at tiny size only")
+    forecaster, use_kv_cache = _forecaster(ours, mode), mode != "uncached"
     upstream = import_oracle("inference.forecaster")
     dataset = import_oracle("data.util.dataset")
     patch = ours.patch_size
     series, observed, ids = scenario(name, patch)
     horizon = 4 * patch + 5  # more than 4 patches, not a multiple
     toto_data = import_module("toto.data.util.dataset")
-    a = TotoForecaster(ours).forecast(_masked(series, observed, ids, toto_data), horizon, use_kv_cache=use_kv_cache)
+    a = forecaster.forecast(_masked(series, observed, ids, toto_data), horizon, use_kv_cache=use_kv_cache)
     b = upstream.TotoForecaster(theirs).forecast(_masked(series, observed, ids, dataset), horizon, use_kv_cache=use_kv_cache)
     assert a.samples is None and a.mean.shape == b.mean.shape == (*series.shape[:2], horizon)
     assert record("mean", rel(a.mean, b.mean)) <= 1e-4
@@ -131,9 +142,9 @@ def _ecdf_at(samples: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return (samples <= points[..., None]).double().mean(-1)
 
 
-@pytest.mark.parametrize("use_kv_cache", [True, False])
+@pytest.mark.parametrize("mode", MODES)
 @torch.no_grad()
-def test_sampled_forecast_distribution(model_pair, use_kv_cache, record):
+def test_sampled_forecast_distribution(model_pair, mode, record):
     """Per-step quantiles agree within Monte-Carlo error, judged on the other side's empirical CDF.
 
     Comparing in probability space keeps the bound meaningful for heavy-tailed
@@ -141,8 +152,7 @@ def test_sampled_forecast_distribution(model_pair, use_kv_cache, record):
     """
     ours, theirs = model_pair
     full = ours.embed_dim > 64
-    if full and not use_kv_cache:
-        pytest.skip("the uncached path re-encodes every step; checked at tiny size only")
+    forecaster, use_kv_cache = _forecaster(ours, mode), mode != "uncached"
     upstream = import_oracle("inference.forecaster")
     dataset = import_oracle("data.util.dataset")
     patch = ours.patch_size
@@ -151,7 +161,7 @@ def test_sampled_forecast_distribution(model_pair, use_kv_cache, record):
     horizon = (2 if full else 4) * patch
     n = 2000
     torch.manual_seed(1234)
-    a = TotoForecaster(ours).forecast(
+    a = forecaster.forecast(
         _masked(series, observed, ids, import_module("toto.data.util.dataset")), horizon, num_samples=n, samples_per_batch=400, use_kv_cache=use_kv_cache
     )
     torch.manual_seed(4321)

@@ -2,13 +2,12 @@
 
 Buffers are allocated once, one pair per time-wise layer, each shaped ``[rows,
 heads, capacity, head_dim]``, and written in place at position *tensors*
-(``buffer[:, :, positions] = k``, an ``index_put_`` the compiler performs in
-place; one stacked tensor written through per-layer views was copied whole on
-every write once compiled). Attention always spans the full capacity under a
-validity mask. The number of
-patches written so far lives on the host as a plain int (``length``) and is
-never read back from the device, so nothing here forces a sync or makes the
-compiler specialise on a changing length.
+(``buffer[:, :, positions] = k``, an ``index_put_`` that inductor keeps in place;
+one stacked tensor written through per-layer views was copied whole on every
+compiled write). Attention always spans the full capacity under a validity mask.
+The number of patches written so far lives on the host as a plain int
+(``length``) and is never read back from the device, so nothing here forces a
+sync or makes the compiler specialise on a changing length.
 """
 
 from __future__ import annotations

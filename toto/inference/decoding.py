@@ -57,10 +57,6 @@ class DecodeBuffers(NamedTuple):
     def tensors(self) -> list[Tensor]:
         return [*self.cache.tensors(), *self.scaler, self.last_ids, self.position, self.patch]
 
-    @property
-    def rows(self) -> int:
-        return self.patch.shape[0]
-
 
 class Prefilled(NamedTuple):
     """A context encoded once: the next patch's distribution and what every sample row starts from."""

@@ -8,7 +8,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from .kv_cache import KVCache
-from .rotary import XPosRotaryEmbedding
+from .rotary import apply_rotary
 
 
 class _Attention(nn.Module):
@@ -36,14 +36,15 @@ class TimeAttention(_Attention):
     def forward(
         self,
         x: Float[Tensor, "batch variate seq embed"],
-        rotary: XPosRotaryEmbedding,
+        rotation: tuple[Tensor, Tensor, Tensor],
         positions: Int[Tensor, " seq"],
         cache: KVCache | None = None,
         slot: int = 0,
     ) -> Float[Tensor, "batch variate seq embed"]:
+        """``rotation``: the rotary tables at ``positions`` (``XPosRotaryEmbedding.tables``)."""
         batch, variates, seq, _ = x.shape
         q, k, v = self._qkv(x.flatten(0, 1))
-        q, k = rotary(q, k, positions)
+        q, k = apply_rotary(q, k, rotation)
         if cache is None or seq > 1:
             # Prefill: a cache, if any, is empty here, so causal attention over
             # the new tokens alone is exactly attention over the cache.

@@ -42,10 +42,6 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
-    @property
-    def rows(self) -> int:
-        return self.keys[0].shape[0]
-
     @torch.compiler.disable
     def advance(self, num_patches: int) -> int:
         """Host bookkeeping: claim ``num_patches`` slots and return the first one's index.

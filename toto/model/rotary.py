@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 
 class XPosRotaryEmbedding(nn.Module):
-    """Stateless: frequencies are recomputed per call (32 values), so there is no buffer to load."""
+    """Stateless: tables are recomputed per forward (32 frequencies), so there is no buffer to load."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0, scale_base: float = 512.0):
         super().__init__()
@@ -25,7 +25,8 @@ class XPosRotaryEmbedding(nn.Module):
         self.theta = theta
         self.scale_base = scale_base
 
-    def _tables(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    def tables(self, positions: Float[Tensor, " seq"], dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """(cos, sin, xPos scale) at ``positions``, each ``[seq, head_dim]``; shared by every layer of a call."""
         half = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32)
         inv_freq = 1.0 / self.theta ** (half / self.head_dim)
         t = positions.to(torch.float32)
@@ -36,17 +37,11 @@ class XPosRotaryEmbedding(nn.Module):
         scale = torch.cat((scale, scale), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype), scale.to(dtype)
 
-    def forward(
-        self,
-        q: Float[Tensor, "rows heads seq head_dim"],
-        k: Float[Tensor, "rows heads seq head_dim"],
-        positions: Float[Tensor, " seq"],
-    ) -> tuple[Tensor, Tensor]:
-        """Rotate q (scaled by the xPos scale) and k (by its inverse) at ``positions``."""
-        cos, sin, scale = self._tables(positions, q.dtype)
-        q_out = (q * cos + _rotate_pairs(q) * sin) * scale
-        k_out = (k * cos + _rotate_pairs(k) * sin) / scale
-        return q_out, k_out
+
+def apply_rotary(q: Tensor, k: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Rotate q and k with precomputed :meth:`XPosRotaryEmbedding.tables`."""
+    cos, sin, scale = tables
+    return (q * cos + _rotate_pairs(q) * sin) * scale, (k * cos + _rotate_pairs(k) * sin) / scale
 
 
 def _rotate_pairs(x: Tensor) -> Tensor:

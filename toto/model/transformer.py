@@ -44,12 +44,13 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
     ) -> Float[Tensor, "batch variate seq embed"]:
         same_id = same_id_mask(id_patches)
+        rotation = self.rotary_emb.tables(positions, x.dtype)  # the same for every time-wise layer
         for layer, slot in zip(self.layers, self.cache_slots):
             h = layer.norm1(x)
             if slot is None:
                 h = layer.attention(h, same_id)
             else:
-                h = layer.attention(h, self.rotary_emb, positions, cache, slot)
+                h = layer.attention(h, rotation, positions, cache, slot)
             x = x + h
             x = x + layer.mlp(layer.norm2(x))
         return x

@@ -4,7 +4,17 @@ from .config import TotoConfig
 from .data.util.dataset import MaskedTimeseries
 from .inference.forecaster import Forecast, TotoForecaster
 from .model.toto import Toto
+from .pipeline import TotoForecast, TotoPipeline
 
 __version__ = "0.1.0"
 
-__all__ = ["Forecast", "MaskedTimeseries", "Toto", "TotoConfig", "TotoForecaster", "__version__"]
+__all__ = [
+    "Forecast",
+    "MaskedTimeseries",
+    "Toto",
+    "TotoConfig",
+    "TotoForecast",
+    "TotoForecaster",
+    "TotoPipeline",
+    "__version__",
+]

@@ -1,0 +1,163 @@
+"""TotoPipeline: input forms, layouts, seeding, quantiles, options and OOM back-off (tiny model, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from toto import TotoForecast, TotoPipeline
+from toto.pipeline import normalize_context
+
+H = 20  # horizon: more than one tiny patch (16), so decode steps run
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_checkpoint):
+    return TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=False)
+
+
+def walk(*shape, seed=0):
+    return 10 + torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).cumsum(-1)
+
+
+@pytest.mark.parametrize(
+    ("make", "batch", "variates"),
+    [
+        (lambda: walk(50), 1, 1),
+        (lambda: walk(50).tolist(), 1, 1),
+        (lambda: walk(50).numpy(), 1, 1),
+        (lambda: walk(3, 50), 3, 1),
+        (lambda: [walk(50), walk(30, seed=1), walk(7, seed=2)], 3, 1),
+        (lambda: walk(2, 3, 40), 2, 3),
+    ],
+    ids=["1d-tensor", "1d-list", "1d-numpy", "2d-batch", "ragged-list", "3d-multivariate"],
+)
+def test_predict_shapes_for_every_input_form(pipeline, make, batch, variates):
+    forecasts = pipeline.predict(make(), H, num_samples=7, samples_per_batch=3, seed=0)
+    assert len(forecasts) == batch
+    for forecast in forecasts:
+        assert isinstance(forecast, TotoForecast)
+        assert forecast.samples.shape == (1, variates, H, 7)
+        assert np.isfinite(forecast.samples).all()
+        # Chronos layout: (num_samples, prediction_length), per variate when multivariate.
+        expected = forecast.samples[0, 0].T if variates == 1 else forecast.samples[0].transpose(0, 2, 1)
+        np.testing.assert_array_equal(forecast.numpy(), expected)
+
+
+def test_ragged_context_is_left_padded_and_masked():
+    series, observed = normalize_context([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([5.0])])
+    assert series.shape == observed.shape == (2, 1, 3)
+    assert observed[1, 0].tolist() == [False, False, True] and series[1, 0].tolist() == [0.0, 0.0, 5.0]
+    series, observed = normalize_context([1.0, float("nan"), 2.0])
+    assert observed[0, 0].tolist() == [True, False, True] and series[0, 0, 1] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("context", "error", "match"),
+    [
+        ("abc", TypeError, "context must be numeric"),
+        (torch.zeros(1, 1, 1, 4), ValueError, "1, 2 or 3 dimensions"),
+        (torch.zeros(0), ValueError, "empty"),
+        ([1.0, float("inf")], ValueError, "inf"),
+        ([float("nan")] * 3, ValueError, "no observed value"),
+    ],
+)
+def test_bad_context(context, error, match):
+    with pytest.raises(error, match=match):
+        normalize_context(context)
+
+
+def test_seed_reproducible_and_leaves_global_rng_alone(pipeline):
+    state = torch.random.get_rng_state()
+    a = pipeline.predict(walk(40), H, num_samples=5, samples_per_batch=5, seed=3)[0].samples
+    b = pipeline.predict(walk(40), H, num_samples=5, samples_per_batch=5, seed=3)[0].samples
+    c = pipeline.predict(walk(40), H, num_samples=5, samples_per_batch=5, seed=4)[0].samples
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_predict_quantiles_match_samples(pipeline):
+    levels = (0.1, 0.5, 0.9)
+    quantiles, mean = pipeline.predict_quantiles(walk(2, 40), H, levels, num_samples=64, samples_per_batch=32, seed=5)
+    assert quantiles.shape == (2, H, 3) and mean.shape == (2, H)
+    assert (quantiles[..., 1:] >= quantiles[..., :-1]).all()
+    samples = np.concatenate([f.samples for f in pipeline.predict(walk(2, 40), H, 64, 32, seed=5)])[:, 0]
+    np.testing.assert_allclose(quantiles.numpy(), np.moveaxis(np.quantile(samples, levels, axis=-1), 0, -1), rtol=1e-5)
+    np.testing.assert_allclose(mean.numpy(), samples.mean(-1), rtol=1e-5)
+
+
+def test_options(pipeline, tiny_checkpoint, monkeypatch):
+    pipeline.predict(walk(40), H, num_samples=3, samples_per_batch=3, temperature=0.5, top_k=3, top_p=0.9)
+    with pytest.raises(TypeError, match="beam_width"):
+        pipeline.predict(walk(40), H, num_samples=3, beam_width=2)
+    with pytest.raises(ValueError, match="num_samples"):
+        pipeline.predict(walk(40), H, num_samples=0)
+    with pytest.raises(TypeError, match="device_mapp"):
+        TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", device_mapp="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cuda")
+    assert TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", compile_model=True).compile_settings.enabled
+    with pytest.raises(ValueError, match="contradicts"):
+        TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=False, compile_model=True)
+    monkeypatch.setenv("TOTO_COMPILE", "1")
+    assert TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu").compile_settings.enabled
+    monkeypatch.setenv("TOTO_COMPILE", "0")
+    assert not TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu").compile_settings.enabled
+
+
+def test_metadata(pipeline):
+    pipeline.predict(walk(2, 40), H, num_samples=10, samples_per_batch=4)
+    meta = pipeline.last_run_metadata
+    assert meta["num_samples_requested"] == meta["num_samples_used"] == 10
+    assert meta["samples_per_batch_requested"] == meta["samples_per_batch_used"] == 4
+    assert meta["batch_size"] == 2 and meta["torch_dtype"] == "torch.float32"
+    assert meta["torch_compile_requested"] is False and meta["torch_compile_success"] is False
+    assert set(meta["compile_stats"]) == {"graph_breaks", "graphs", "recompiles", "cudagraph_skips"}
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected_batch", "expected_samples"),
+    [(1, 256, 1024), (2, 128, 1024), (4, 32, 1024), (5, 32, 512)],
+)
+def test_oom_backoff(tiny_checkpoint, monkeypatch, failures, expected_batch, expected_samples):
+    pipeline = TotoPipeline.from_pretrained(
+        str(tiny_checkpoint), device_map="cpu", torch_compile=False, max_oom_retries=5, min_samples_per_batch=32, min_num_samples=512
+    )
+    real = pipeline.forecaster.forecast
+    calls = []
+
+    def flaky(inputs, prediction_length, num_samples, samples_per_batch):
+        calls.append((num_samples, samples_per_batch))
+        if len(calls) <= failures:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(inputs, prediction_length, num_samples, samples_per_batch)
+
+    monkeypatch.setattr(pipeline.forecaster, "forecast", flaky)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        forecasts = pipeline.predict(walk(40), 4, num_samples=1024, samples_per_batch=512)
+    assert forecasts[0].samples.shape[-1] == expected_samples
+    meta = pipeline.last_run_metadata
+    assert (meta["samples_per_batch_used"], meta["num_samples_used"]) == (expected_batch, expected_samples)
+    assert meta["oom_retries"] == failures
+
+
+def test_oom_gives_up_after_max_retries(tiny_checkpoint, monkeypatch):
+    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", max_oom_retries=1)
+
+    def always_oom(*args):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(pipeline.forecaster, "forecast", always_oom)
+    with pytest.raises(torch.cuda.OutOfMemoryError), pytest.warns(RuntimeWarning):
+        pipeline.predict(walk(40), 4, num_samples=1024, samples_per_batch=512)
+
+
+def test_unload(tiny_checkpoint):
+    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu")
+    pipeline.predict(walk(40), H, num_samples=2, samples_per_batch=2)
+    pipeline.unload()
+    assert all(p.device.type == "meta" for p in pipeline.model.parameters())
+    assert not pipeline.forecaster._buffers

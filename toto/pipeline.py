@@ -1,0 +1,342 @@
+"""``TotoPipeline``: a Chronos-style wrapper for backtests, on top of :class:`TotoForecaster`.
+
+It normalises the many accepted context forms to ``[batch, variate, time]``
+with an observation mask (lists of unequal lengths are left-padded; NaN counts
+as missing), seeds calls on request, backs off on CUDA out-of-memory, and
+records what each call actually did in :attr:`TotoPipeline.last_run_metadata`.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .compile import CompileSettings
+from .data.util.dataset import MaskedTimeseries
+from .diagnostics import snapshot
+from .inference.forecaster import TotoForecaster
+from .loading import DEFAULT_MODEL_ID
+from .model.toto import Toto
+
+HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
+IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
+DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class TotoForecast:
+    """One series' forecast. ``samples`` is ``(1, variates, prediction_length, num_samples)``."""
+
+    samples: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``(1, variates, prediction_length)``."""
+        return self.samples.mean(axis=-1)
+
+    def quantile(self, q: float | Sequence[float]) -> np.ndarray:
+        """Quantile(s) over samples; a sequence of levels adds a leading dimension."""
+        return np.quantile(self.samples, q, axis=-1)
+
+    def numpy(self) -> np.ndarray:
+        """Chronos layout: ``(num_samples, prediction_length)``, or ``(variates, num_samples, prediction_length)``."""
+        per_variate = np.swapaxes(self.samples[0], -1, -2)
+        return per_variate[0] if per_variate.shape[0] == 1 else per_variate
+
+
+class TotoPipeline:
+    def __init__(
+        self,
+        model: Toto,
+        *,
+        torch_compile: bool | None = None,
+        compile_mode: str | None = None,
+        compile_backend: str | None = None,
+        amp_dtype: torch.dtype | None = None,
+        max_oom_retries: int = 2,
+        min_samples_per_batch: int = 32,
+        min_num_samples: int = 256,
+    ):
+        if amp_dtype not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"amp_dtype must be torch.float16, torch.bfloat16 or None, got {amp_dtype!r}")
+        for name, value in (("max_oom_retries", max_oom_retries), ("min_samples_per_batch", min_samples_per_batch),
+                            ("min_num_samples", min_num_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_oom_retries" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'max_oom_retries' else 'positive'} integer, got {value!r}")
+        self.model = model.eval()
+        self.forecaster = TotoForecaster(
+            model.model, torch_compile=torch_compile, compile_mode=compile_mode, compile_backend=compile_backend
+        )
+        self.amp_dtype = amp_dtype
+        self.max_oom_retries = max_oom_retries
+        self.min_samples_per_batch = min_samples_per_batch
+        self.min_num_samples = min_num_samples
+        self.last_run_metadata: dict[str, Any] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str = DEFAULT_MODEL_ID,
+        device_map: str | torch.device = "cuda",
+        torch_dtype: torch.dtype | None = None,
+        *,
+        torch_compile: bool | None = None,
+        compile_mode: str | None = None,
+        compile_backend: str | None = None,
+        compile_model: bool | None = None,
+        amp_dtype: torch.dtype | None = None,
+        warmup_sequence: int = 0,
+        max_oom_retries: int = 2,
+        min_samples_per_batch: int = 32,
+        min_num_samples: int = 256,
+        **hub_kwargs: Any,
+    ) -> "TotoPipeline":
+        """Load ``model_id`` (hub id or local folder) onto ``device_map``.
+
+        ``torch_compile=None`` reads ``TOTO_COMPILE``; ``compile_model`` is an alias of
+        ``torch_compile``. ``hub_kwargs``: revision, cache_dir, local_files_only,
+        token, force_download.
+        """
+        unknown = sorted(set(hub_kwargs) - HUB_OPTIONS)
+        if unknown:
+            raise TypeError(f"TotoPipeline.from_pretrained got unexpected keyword argument(s) {unknown}")
+        if compile_model is not None:
+            if torch_compile is not None and bool(torch_compile) != bool(compile_model):
+                raise ValueError(f"torch_compile={torch_compile} contradicts its alias compile_model={compile_model}")
+            torch_compile = compile_model
+        device = torch.device(device_map)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device_map={device_map!r}: CUDA is not available on this machine; use device_map='cpu'")
+        if isinstance(warmup_sequence, bool) or not isinstance(warmup_sequence, int) or warmup_sequence < 0:
+            raise ValueError(f"warmup_sequence must be a non-negative integer, got {warmup_sequence!r}")
+        model = Toto.from_pretrained(model_id, device=device, dtype=torch_dtype, **hub_kwargs)
+        pipeline = cls(
+            model,
+            torch_compile=torch_compile,
+            compile_mode=compile_mode,
+            compile_backend=compile_backend,
+            amp_dtype=amp_dtype,
+            max_oom_retries=max_oom_retries,
+            min_samples_per_batch=min_samples_per_batch,
+            min_num_samples=min_num_samples,
+        )
+        if warmup_sequence:
+            pipeline.predict(torch.zeros(warmup_sequence), 2 * model.config.patch_size, num_samples=512, samples_per_batch=512)
+        return pipeline
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def compiled(self) -> bool:
+        """Whether decoding runs compiled (False when not requested or after a compile failure)."""
+        return self.forecaster.compiled
+
+    @property
+    def compile_settings(self) -> CompileSettings:
+        return self.forecaster.compile_settings
+
+    def unload(self) -> None:
+        """Free the model, its decode buffers and compiled graphs' caches."""
+        self.forecaster.clear_buffers()
+        self.model.to("meta")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def predict(
+        self,
+        context: Any,
+        prediction_length: int,
+        num_samples: int = 4096,
+        samples_per_batch: int = 512,
+        *,
+        time_interval_seconds: int = 900,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> list[TotoForecast]:
+        """Sample forecasts, one :class:`TotoForecast` per series."""
+        unknown = sorted(set(kwargs) - IGNORED_PREDICT_OPTIONS)
+        if unknown:
+            raise TypeError(f"predict got unexpected keyword argument(s) {unknown}")
+        for name, value in (("prediction_length", prediction_length), ("num_samples", num_samples),
+                            ("samples_per_batch", samples_per_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        series, observed = normalize_context(context)
+        inputs = self._masked(series, observed, time_interval_seconds)
+        samples, used = self._forecast_with_backoff(inputs, prediction_length, num_samples, samples_per_batch, seed)
+        self.last_run_metadata = {
+            "num_samples_requested": num_samples,
+            "samples_per_batch_requested": samples_per_batch,
+            "batch_size": series.shape[0],
+            **used,
+        }
+        array = samples.float().cpu().numpy()
+        return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
+
+    def predict_quantiles(
+        self,
+        context: Any,
+        prediction_length: int,
+        quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
+        num_samples: int = 4096,
+        **predict_kwargs: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """Chronos' ``(quantiles, mean)``: ``(batch, prediction_length, n_quantiles)`` and ``(batch, prediction_length)``.
+
+        Multivariate inputs keep a variate dimension after the batch.
+        """
+        levels = [float(q) for q in quantile_levels]
+        if not levels or any(not 0.0 <= q <= 1.0 for q in levels):
+            raise ValueError(f"quantile_levels must be non-empty and within [0, 1], got {quantile_levels!r}")
+        forecasts = self.predict(context, prediction_length, num_samples, **predict_kwargs)
+        samples = torch.from_numpy(np.concatenate([f.samples for f in forecasts]))  # [batch, variate, H, S]
+        quantiles = torch.quantile(samples, torch.tensor(levels, dtype=samples.dtype), dim=-1).movedim(0, -1)
+        mean = samples.mean(dim=-1)
+        if samples.shape[1] == 1:
+            quantiles, mean = quantiles[:, 0], mean[:, 0]
+        return quantiles, mean
+
+    def _masked(self, series: Tensor, observed: Tensor, time_interval_seconds: int) -> MaskedTimeseries:
+        device = self.device
+        batch, variates, _ = series.shape
+        return MaskedTimeseries(
+            series=series.to(device),
+            padding_mask=observed.to(device),
+            id_mask=torch.zeros_like(series, dtype=torch.int, device=device),
+            timestamp_seconds=torch.zeros_like(series, dtype=torch.int, device=device),
+            time_interval_seconds=torch.full((batch, variates), time_interval_seconds, dtype=torch.int, device=device),
+        )
+
+    def _forecast_with_backoff(
+        self, inputs: MaskedTimeseries, prediction_length: int, num_samples: int, per_batch: int, seed: int | None
+    ) -> tuple[Tensor, dict]:
+        """Forecast; on CUDA OOM halve ``samples_per_batch``, then ``num_samples``, down to the minimums."""
+        retries = 0
+        before = snapshot()
+        while True:
+            try:
+                with self._rng(seed), self._autocast():
+                    forecast = self.forecaster.forecast(inputs, prediction_length, num_samples, min(per_batch, num_samples))
+                break
+            except torch.cuda.OutOfMemoryError:
+                smaller_batch = max(self.min_samples_per_batch, per_batch // 2)
+                fewer_samples = max(self.min_num_samples, num_samples // 2)
+                if retries >= self.max_oom_retries or (smaller_batch >= per_batch and fewer_samples >= num_samples):
+                    raise
+                retries += 1
+                if smaller_batch < per_batch:
+                    per_batch = smaller_batch
+                else:
+                    num_samples = fewer_samples
+                warnings.warn(
+                    f"CUDA out of memory; retrying with num_samples={num_samples}, samples_per_batch={per_batch}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        settings = self.forecaster.compile_settings
+        used = {
+            "num_samples_used": num_samples,
+            "samples_per_batch_used": min(per_batch, num_samples),
+            "oom_retries": retries,
+            "torch_dtype": str(next(self.model.parameters()).dtype),
+            "amp_dtype": None if self.amp_dtype is None else str(self.amp_dtype),
+            "torch_compile_requested": settings.enabled,
+            "torch_compile_success": self.forecaster.compiled,
+            "torch_compile_mode": settings.mode if settings.enabled else None,
+            "torch_compile_error": self.forecaster.compile_error,
+            "compile_stats": (snapshot() - before).as_dict(),
+            "device": str(self.device),
+        }
+        return forecast.samples, used
+
+    def _rng(self, seed: int | None):
+        if seed is None:
+            return nullcontext()
+        return _SeededRNG(seed, self.device)
+
+    def _autocast(self):
+        if self.amp_dtype is None or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+
+class _SeededRNG:
+    """Seed torch's generators for one call without disturbing the caller's random state."""
+
+    def __init__(self, seed: int, device: torch.device):
+        devices = [device] if device.type == "cuda" else []
+        self._fork = torch.random.fork_rng(devices=devices)
+        self._seed = seed
+
+    def __enter__(self):
+        self._fork.__enter__()
+        torch.manual_seed(self._seed)
+
+    def __exit__(self, *exc):
+        return self._fork.__exit__(*exc)
+
+
+def normalize_context(context: Any) -> tuple[Tensor, Tensor]:
+    """Any accepted context form -> ``(series [batch, variate, time] float32, observed mask)``.
+
+    1-D: one series. 2-D tensor/array: a batch of equal-length series. 3-D: (batch,
+    variate, time). A list of 1-D series of different lengths is left-padded. NaN
+    marks a missing value: masked out and set to 0.
+    """
+    if isinstance(context, (str, bytes)):
+        raise TypeError(f"context must be numeric (tensor, array or list), got {type(context).__name__}")
+    if isinstance(context, (list, tuple)) and context and all(_is_1d(c) for c in context):
+        rows = [_as_float_tensor(c, f"context[{i}]") for i, c in enumerate(context)]
+        if any(r.numel() == 0 for r in rows):
+            raise ValueError("context: every series must have at least one value")
+        length = max(r.shape[0] for r in rows)
+        series = torch.full((len(rows), 1, length), math.nan)
+        for i, r in enumerate(rows):
+            series[i, 0, length - r.shape[0] :] = r
+    else:
+        series = _as_float_tensor(context, "context")
+        if series.ndim == 1:
+            series = series[None, None]
+        elif series.ndim == 2:
+            series = series[:, None]
+        elif series.ndim != 3:
+            raise ValueError(f"context must have 1, 2 or 3 dimensions, got shape {tuple(series.shape)}")
+    if series.shape[0] == 0 or series.shape[1] == 0 or series.shape[-1] == 0:
+        raise ValueError(f"context is empty (shape {tuple(series.shape)})")
+    if torch.isinf(series).any():
+        raise ValueError("context contains ±inf")
+    observed = ~torch.isnan(series)
+    empty = ~observed.any(dim=-1)
+    if empty.any():
+        raise ValueError(f"context: series {empty.nonzero()[0].tolist()} (batch, variate) has no observed value")
+    return torch.nan_to_num(series, nan=0.0), observed
+
+
+def _is_1d(value: Any) -> bool:
+    if isinstance(value, (Tensor, np.ndarray)):
+        return value.ndim == 1
+    return isinstance(value, (list, tuple))
+
+
+def _as_float_tensor(value: Any, name: str) -> Tensor:
+    try:
+        tensor = torch.as_tensor(np.asarray(value, dtype=np.float32) if not isinstance(value, Tensor) else value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be numeric, got {type(value).__name__} ({err})") from err
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+        raise TypeError(f"{name} must be numeric, got dtype {tensor.dtype}")
+    return tensor.detach().to(device="cpu", dtype=torch.float32)

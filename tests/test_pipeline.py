@@ -161,3 +161,18 @@ def test_unload(tiny_checkpoint):
     pipeline.unload()
     assert all(p.device.type == "meta" for p in pipeline.model.parameters())
     assert not pipeline.forecaster._buffers
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [({"warmup_sequence": -1}, "warmup_sequence"), ({"max_oom_retries": -1}, "max_oom_retries"),
+     ({"min_num_samples": 0}, "min_num_samples"), ({"amp_dtype": torch.float64}, "amp_dtype")],
+)
+def test_bad_pipeline_options(tiny_checkpoint, option, match):
+    with pytest.raises(ValueError, match=match):
+        TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", **option)
+
+
+def test_warmup_runs_a_forecast_at_load(tiny_checkpoint):
+    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", warmup_sequence=100)
+    assert pipeline.last_run_metadata["num_samples_used"] == 512  # the warm-up call

@@ -25,6 +25,7 @@ from .diagnostics import snapshot
 from .inference.forecaster import TotoForecaster
 from .loading import DEFAULT_MODEL_ID
 from .model.toto import Toto
+from .validation import check_int
 
 HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
 IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
@@ -67,10 +68,9 @@ class TotoPipeline:
     ):
         if amp_dtype not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"amp_dtype must be torch.float16, torch.bfloat16 or None, got {amp_dtype!r}")
-        for name, value in (("max_oom_retries", max_oom_retries), ("min_samples_per_batch", min_samples_per_batch),
-                            ("min_num_samples", min_num_samples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "max_oom_retries" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'max_oom_retries' else 'positive'} integer, got {value!r}")
+        check_int("max_oom_retries", max_oom_retries, minimum=0)
+        check_int("min_samples_per_batch", min_samples_per_batch)
+        check_int("min_num_samples", min_num_samples)
         self.model = model.eval()
         self.forecaster = TotoForecaster(
             model.model, torch_compile=torch_compile, compile_mode=compile_mode, compile_backend=compile_backend
@@ -115,8 +115,7 @@ class TotoPipeline:
         device = torch.device(device_map)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device_map={device_map!r}: CUDA is not available on this machine; use device_map='cpu'")
-        if isinstance(warmup_sequence, bool) or not isinstance(warmup_sequence, int) or warmup_sequence < 0:
-            raise ValueError(f"warmup_sequence must be a non-negative integer, got {warmup_sequence!r}")
+        check_int("warmup_sequence", warmup_sequence, minimum=0)
         model = Toto.from_pretrained(model_id, device=device, dtype=torch_dtype, **hub_kwargs)
         pipeline = cls(
             model,
@@ -169,10 +168,9 @@ class TotoPipeline:
         unknown = sorted(set(kwargs) - IGNORED_PREDICT_OPTIONS)
         if unknown:
             raise TypeError(f"predict got unexpected keyword argument(s) {unknown}")
-        for name, value in (("prediction_length", prediction_length), ("num_samples", num_samples),
-                            ("samples_per_batch", samples_per_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("prediction_length", prediction_length)
+        check_int("num_samples", num_samples)
+        check_int("samples_per_batch", samples_per_batch)
         series, observed = normalize_context(context)
         inputs = self._masked(series, observed, time_interval_seconds)
         samples, used = self._forecast_with_backoff(inputs, prediction_length, num_samples, samples_per_batch, seed)

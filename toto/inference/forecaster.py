@@ -12,6 +12,7 @@ from ..compile import CompiledFunction, CompileSettings
 from ..data.util.dataset import MaskedTimeseries, pad_array, pad_id_mask
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
+from ..validation import check_int
 from .decoding import DecodeBuffers, encode_context, mean_step, next_patch, prefill, sample_step, share_context, start
 
 # KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
@@ -122,10 +123,10 @@ class TotoForecaster:
 
         ``num_samples`` need not be a multiple of ``samples_per_batch``.
         """
-        _check_positive_int("prediction_length", prediction_length)
-        _check_positive_int("samples_per_batch", samples_per_batch)
+        check_int("prediction_length", prediction_length)
+        check_int("samples_per_batch", samples_per_batch)
         if num_samples is not None:
-            _check_positive_int("num_samples", num_samples)
+            check_int("num_samples", num_samples)
         if inputs.num_exogenous_variables:
             raise NotImplementedError("num_exogenous_variables > 0 (exogenous inputs) is not supported")
         series, observed, ids = self._prepare(inputs)
@@ -225,8 +226,3 @@ class TotoForecaster:
             observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
             ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
         return torch.cat(patches, dim=-1)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import PUBLISHED_CONFIG, TINY_CONFIG, random_published_state, write_checkpoint
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from toto import Toto
 from toto.config import ConfigError, TotoConfig

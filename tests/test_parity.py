@@ -13,7 +13,7 @@ import torch
 from oracle import import_oracle
 from parity_inputs import SCENARIOS, scenario
 
-from toto import MaskedTimeseries, TotoForecaster
+from toto import TotoForecaster
 from toto.data.util.dataset import pad_array, pad_id_mask
 from toto.inference.decoding import DecodeBuffers, decode_step, prefill, start
 

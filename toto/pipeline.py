@@ -11,9 +11,9 @@ from __future__ import annotations
 import gc
 import math
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -262,9 +262,7 @@ class TotoPipeline:
         return forecast.samples, used
 
     def _rng(self, seed: int | None):
-        if seed is None:
-            return nullcontext()
-        return _SeededRNG(seed, self.device)
+        return nullcontext() if seed is None else _seeded(seed, self.device)
 
     def _autocast(self):
         if self.amp_dtype is None or self.device.type != "cuda":
@@ -272,20 +270,12 @@ class TotoPipeline:
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
 
-class _SeededRNG:
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's generators for one call without disturbing the caller's random state."""
-
-    def __init__(self, seed: int, device: torch.device):
-        devices = [device] if device.type == "cuda" else []
-        self._fork = torch.random.fork_rng(devices=devices)
-        self._seed = seed
-
-    def __enter__(self):
-        self._fork.__enter__()
-        torch.manual_seed(self._seed)
-
-    def __exit__(self, *exc):
-        return self._fork.__exit__(*exc)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def normalize_context(context: Any) -> tuple[Tensor, Tensor]:

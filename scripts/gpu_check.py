@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / ".oracle"), str(ROOT / "scripts"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / ".oracle"), str(ROOT)]
 
-from bench import inputs, load_upstream  # noqa: E402
 from checkpoints import PUBLISHED_CONFIG, write_checkpoint  # noqa: E402
 from parity_inputs import scenario  # noqa: E402
 
 from toto import MaskedTimeseries, Toto, TotoForecaster  # noqa: E402
+from toto.commands.bench import inputs, load_upstream  # noqa: E402
 from toto.data.util.dataset import pad_array, pad_id_mask  # noqa: E402
 from toto.diagnostics import snapshot  # noqa: E402
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go: parity on CUDA (tf32 off), compile health
-# under CUDA graphs (reduce-overhead), and the benchmark table.
+# Everything that needs a GPU, in one go: `toto-compiled check --quick` on CUDA, parity on
+# CUDA (tf32 off), compile health under CUDA graphs (reduce-overhead), and the benchmark table.
 #
 # The oracle's extra dependencies travel as wheels in .whl/ (see docs/PERFORMANCE.md);
 # the oracle itself in .oracle/ (python scripts/install_oracle.py). Extra arguments go
@@ -14,4 +14,5 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m toto.cli check --quick --device cuda
 python3 scripts/gpu_check.py ${PARITY_SCENARIOS:+--parity-scenarios "$PARITY_SCENARIOS"} --bench-args "$*"

@@ -1,23 +1,11 @@
-"""Random-weight checkpoints in Datadog's published layout, written from the key list alone.
-
-Deliberately independent of our model code: key names and shapes follow the
-published checkpoint (``mlp.0.w12``/``mlp.0.w3``, a stale ``rotary_emb.freqs``),
-so loading them tests our key mapping rather than echoing our own state_dict.
-"""
+"""Checkpoints for the tests: the published layout (``toto.random_checkpoint``) at tiny and full size."""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
+from toto.config import PUBLISHED_CONFIG
+from toto.random_checkpoint import published_shapes, random_published_state, write_checkpoint
 
-import torch
-from safetensors.torch import save_file
-
-from toto import config as toto_config
-
-# The published config.json; its values are checked against the facts sheet in test_loading.
-PUBLISHED_CONFIG = toto_config.PUBLISHED_CONFIG
+__all__ = ["PUBLISHED_CONFIG", "TINY_CONFIG", "published_shapes", "random_published_state", "write_checkpoint"]
 
 # Small enough for compile tests, with two space-wise layers and several heads.
 TINY_CONFIG = {
@@ -31,63 +19,3 @@ TINY_CONFIG = {
     "spacewise_every_n_layers": 2,
     "output_distribution_kwargs": {"k_components": 5},
 }
-
-
-def published_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    e, p, h = config["embed_dim"], config["patch_size"], config["mlp_hidden_dim"]
-    k = config["output_distribution_kwargs"]["k_components"]
-    shapes = {
-        "model.patch_embed.projection.weight": (e, p),
-        "model.patch_embed.projection.bias": (e,),
-        "model.unembed.weight": (e * p, e),
-        "model.unembed.bias": (e * p,),
-        "model.transformer.rotary_emb.freqs": (e // config["num_heads"] // 2,),
-    }
-    for head in ("df", "loc_proj", "scale_proj", "mixture_weights"):
-        shapes[f"model.output_distribution.{head}.weight"] = (k, e)
-        shapes[f"model.output_distribution.{head}.bias"] = (k,)
-    for i in range(config["num_layers"]):
-        layer = f"model.transformer.layers.{i}"
-        shapes.update(
-            {
-                f"{layer}.norm1.scale": (e,),
-                f"{layer}.norm2.scale": (e,),
-                f"{layer}.attention.wQKV.weight": (3 * e, e),
-                f"{layer}.attention.wQKV.bias": (3 * e,),
-                f"{layer}.attention.wO.weight": (e, e),
-                f"{layer}.attention.wO.bias": (e,),
-                f"{layer}.mlp.0.w12.weight": (2 * h, e),
-                f"{layer}.mlp.0.w12.bias": (2 * h,),
-                f"{layer}.mlp.0.w3.weight": (e, h),
-                f"{layer}.mlp.0.w3.bias": (e,),
-            }
-        )
-    return shapes
-
-
-def random_published_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in published_shapes(config).items():
-        if key.endswith("rotary_emb.freqs"):
-            state[key] = torch.rand(shape, generator=gen)  # stale junk: must be ignored
-        elif key.endswith(".scale"):
-            state[key] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif key.endswith(".bias"):
-            state[key] = 0.02 * torch.randn(shape, generator=gen)
-        elif key.startswith("model.output_distribution."):
-            # Smaller head weights keep component scales well above the eps clamp (1.2e-7);
-            # at the clamp, log_prob amplifies float32 rounding of loc a millionfold, which
-            # would measure conditioning rather than parity. A trained head lives there too.
-            state[key] = 0.1 * torch.randn(shape, generator=gen) / math.sqrt(shape[1])
-        else:
-            state[key] = torch.randn(shape, generator=gen) / math.sqrt(shape[1])
-    return state
-
-
-def write_checkpoint(directory: Path, config: dict, seed: int = 0, state: dict | None = None) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(state if state is not None else random_published_state(config, seed), str(directory / "model.safetensors"))
-    return directory

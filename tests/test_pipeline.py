@@ -129,11 +129,11 @@ def test_oom_backoff(tiny_checkpoint, monkeypatch, failures, expected_batch, exp
     real = pipeline.forecaster.forecast
     calls = []
 
-    def flaky(inputs, prediction_length, num_samples, samples_per_batch):
+    def flaky(inputs, prediction_length, num_samples, samples_per_batch, **kwargs):
         calls.append((num_samples, samples_per_batch))
         if len(calls) <= failures:
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real(inputs, prediction_length, num_samples, samples_per_batch)
+        return real(inputs, prediction_length, num_samples, samples_per_batch, **kwargs)
 
     monkeypatch.setattr(pipeline.forecaster, "forecast", flaky)
     with pytest.warns(RuntimeWarning, match="out of memory"):
@@ -147,7 +147,7 @@ def test_oom_backoff(tiny_checkpoint, monkeypatch, failures, expected_batch, exp
 def test_oom_gives_up_after_max_retries(tiny_checkpoint, monkeypatch):
     pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", max_oom_retries=1)
 
-    def always_oom(*args):
+    def always_oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("simulated")
 
     monkeypatch.setattr(pipeline.forecaster, "forecast", always_oom)

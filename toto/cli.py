@@ -1,4 +1,4 @@
-"""The ``toto-compiled`` command. Subcommands (check, forecast, bench) arrive in later releases."""
+"""The ``toto-compiled`` command: ``check``, ``forecast`` and ``bench`` (each in ``toto/commands``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import argparse
 import sys
 
 from . import __version__
+from .commands import bench, check, forecast
+
+COMMANDS = (check, forecast, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Datadog's Toto forecasting model, rebuilt for torch.compile.",
     )
     parser.add_argument("--version", action="version", version=f"toto-compiled {__version__}")
-    parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
     return parser
 
 
@@ -23,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-    return 0
+        return 0
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import math
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -162,9 +162,13 @@ class TotoPipeline:
         *,
         time_interval_seconds: int = 900,
         seed: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
         **kwargs: Any,
     ) -> list[TotoForecast]:
-        """Sample forecasts, one :class:`TotoForecast` per series."""
+        """Sample forecasts, one :class:`TotoForecast` per series.
+
+        ``progress(done, total)`` is called after each decoded patch of each sample batch.
+        """
         unknown = sorted(set(kwargs) - IGNORED_PREDICT_OPTIONS)
         if unknown:
             raise TypeError(f"predict got unexpected keyword argument(s) {unknown}")
@@ -173,7 +177,9 @@ class TotoPipeline:
         check_int("samples_per_batch", samples_per_batch)
         series, observed = normalize_context(context)
         inputs = self._masked(series, observed, time_interval_seconds)
-        samples, used = self._forecast_with_backoff(inputs, prediction_length, num_samples, samples_per_batch, seed)
+        samples, used = self._forecast_with_backoff(
+            inputs, prediction_length, num_samples, samples_per_batch, seed, progress
+        )
         self.last_run_metadata = {
             "num_samples_requested": num_samples,
             "samples_per_batch_requested": samples_per_batch,
@@ -218,7 +224,13 @@ class TotoPipeline:
         )
 
     def _forecast_with_backoff(
-        self, inputs: MaskedTimeseries, prediction_length: int, num_samples: int, per_batch: int, seed: int | None
+        self,
+        inputs: MaskedTimeseries,
+        prediction_length: int,
+        num_samples: int,
+        per_batch: int,
+        seed: int | None,
+        progress: Callable[[int, int], None] | None,
     ) -> tuple[Tensor, dict]:
         """Forecast; on CUDA OOM halve ``samples_per_batch``, then ``num_samples``, down to the minimums."""
         retries = 0
@@ -226,7 +238,9 @@ class TotoPipeline:
         while True:
             try:
                 with self._rng(seed), self._autocast():
-                    forecast = self.forecaster.forecast(inputs, prediction_length, num_samples, min(per_batch, num_samples))
+                    forecast = self.forecaster.forecast(
+                        inputs, prediction_length, num_samples, min(per_batch, num_samples), progress=progress
+                    )
                 break
             except torch.cuda.OutOfMemoryError:
                 smaller_batch = max(self.min_samples_per_batch, per_batch // 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from jaxtyping import Float
@@ -118,10 +119,13 @@ class TotoForecaster:
         num_samples: int | None = None,
         samples_per_batch: int = 10,
         use_kv_cache: bool = True,
+        *,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Forecast:
         """Forecast ``prediction_length`` steps: the mean path (``num_samples=None``) or sample paths.
 
-        ``num_samples`` need not be a multiple of ``samples_per_batch``.
+        ``num_samples`` need not be a multiple of ``samples_per_batch``. ``progress(done,
+        total)`` is called on the host after each decoded patch of each sample batch.
         """
         check_int("prediction_length", prediction_length)
         check_int("samples_per_batch", samples_per_batch)
@@ -138,7 +142,7 @@ class TotoForecaster:
             ]
             paths = torch.cat([self._decode_without_cache(series, observed, ids, num_steps, rows) for rows in chunks])
         else:
-            paths = self._decode(series, observed, ids, num_steps, num_samples, samples_per_batch)
+            paths = self._decode(series, observed, ids, num_steps, num_samples, samples_per_batch, progress)
         if num_samples is None:
             return Forecast(mean=paths[..., :prediction_length], samples=None)
         # Rows are laid out (sample, series); put samples last.
@@ -168,7 +172,14 @@ class TotoForecaster:
         return series, observed, ids
 
     def _decode(
-        self, series: Tensor, observed: Tensor, ids: Tensor, num_steps: int, num_samples: int | None, per_batch: int
+        self,
+        series: Tensor,
+        observed: Tensor,
+        ids: Tensor,
+        num_steps: int,
+        num_samples: int | None,
+        per_batch: int,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Float[Tensor, "rows variate steps_x_patch"]:
         """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time.
 
@@ -183,6 +194,8 @@ class TotoForecaster:
         context = self._buffers_for(batch, variates, capacity, series)
         prefilled = prefill(self.model, series, observed, ids, context.cache, self._encode)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
+            if progress is not None:
+                progress(1, 1)
             return next_patch(prefilled.distribution, sample, (num_samples,) if sample else ()).flatten(0, -3)
         repeats = 1 if num_samples is None else min(per_batch, num_samples)
         buffers = context
@@ -190,14 +203,17 @@ class TotoForecaster:
             buffers = self._buffers_for(batch * repeats, variates, capacity, series)
             share_context(buffers, context.cache, prefilled.num_patches)
         step = self._steps[sample]
+        num_batches = 1 if num_samples is None else -(-num_samples // repeats)
         paths = []
-        for _ in range(1 if num_samples is None else -(-num_samples // repeats)):
+        for batch_index in range(num_batches):
             patches = [next_patch(prefilled.distribution, sample, (repeats,) if sample else ()).flatten(0, -3)]
             start(buffers, prefilled, patches[0])
-            for _ in range(num_steps - 1):
+            for step_index in range(1, num_steps):
                 buffers.cache.advance(1)
                 step(self.model, buffers)
                 patches.append(buffers.patch.clone())
+                if progress is not None:
+                    progress(batch_index * (num_steps - 1) + step_index, num_batches * (num_steps - 1))
             paths.append(torch.cat(patches, dim=-1))
         return torch.cat(paths)[: batch * (num_samples or 1)]
 

@@ -276,9 +276,11 @@ def test_cuda_requested_without_cuda(tmp_path, capsys, tiny_checkpoint):
     assert code == 2 and "--device cuda" in err and "CUDA is not available" in err
 
 
-def test_console_script_end_to_end(tmp_path, tiny_checkpoint):
-    path = write_csv(tmp_path / "in.csv", ["day", "sales"],
-                     [[(datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(days=i)).isoformat(), wave(i)]
+@pytest.mark.parametrize("columns", [["sales"], ["sales", "visits"]], ids=["single", "multiple"])
+def test_console_script_end_to_end(tmp_path, tiny_checkpoint, columns):
+    path = write_csv(tmp_path / "in.csv", ["day", *columns],
+                     [[(datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(days=i)).isoformat(),
+                       *(wave(i, phase=j) for j in range(len(columns)))]
                       for i in range(N)])
     output = tmp_path / "out.csv"
     script = Path(sys.executable).with_name("toto-compiled")
@@ -292,4 +294,8 @@ def test_console_script_end_to_end(tmp_path, tiny_checkpoint):
     assert result.stdout == ""
     header, records = parse(output.read_text())
     assert header == ["series", "step", "timestamp", "mean", "q0.1", "q0.5", "q0.9"]
-    assert [r["timestamp"] for r in records] == [f"2024-02-{10 + k}T00:00:00+00:00" for k in range(3)]
+    assert [r["series"] for r in records] == [name for name in columns for _ in range(3)]
+    expected = [f"2024-02-{10 + k}T00:00:00+00:00" for k in range(3)]
+    assert [r["timestamp"] for r in records] == expected * len(columns)
+    for r in records:
+        assert float(r["q0.1"]) <= float(r["q0.5"]) <= float(r["q0.9"]) and math.isfinite(float(r["mean"]))

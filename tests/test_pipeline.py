@@ -48,9 +48,10 @@ def test_predict_shapes_for_every_input_form(pipeline, make, batch, variates):
 def test_ragged_context_is_left_padded_and_masked():
     series, observed = normalize_context([torch.tensor([1.0, 2.0, 3.0]), torch.tensor([5.0])])
     assert series.shape == observed.shape == (2, 1, 3)
-    assert observed[1, 0].tolist() == [False, False, True] and series[1, 0].tolist() == [0.0, 0.0, 5.0]
+    assert observed[1, 0].tolist() == [False, False, True] and series[1, 0, 2] == 5.0
+    assert torch.isnan(series[1, 0, :2]).all()  # left padding is missing data; the forecaster fills it
     series, observed = normalize_context([1.0, float("nan"), 2.0])
-    assert observed[0, 0].tolist() == [True, False, True] and series[0, 0, 1] == 0.0
+    assert observed[0, 0].tolist() == [True, False, True] and torch.isnan(series[0, 0, 1])
 
 
 @pytest.mark.parametrize(

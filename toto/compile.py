@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -66,6 +67,12 @@ class CompiledFunction:
 
     A failure warns once and is kept in :attr:`error`; from then on the eager
     function runs. An error that eager execution raises too is the caller's.
+
+    Past dynamo's ``recompile_limit`` (distinct shapes of one function), dynamo would
+    quietly run new shapes eagerly. Here that is an error, caught: the new shape runs
+    eagerly with a warning (once) and :attr:`error` says so, while the shapes already
+    compiled keep their graphs. Under ``torch.compiler.set_stance("fail_on_recompile")``
+    a recompile raises, as the caller asked, instead of falling back.
     """
 
     def __init__(self, fn: Callable[..., Any], settings: CompileSettings, dynamic: bool | None = None):
@@ -78,6 +85,10 @@ class CompiledFunction:
             self._compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic, backend=settings.backend, **options)
 
     @property
+    def _name(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+    @property
     def active(self) -> bool:
         """True while calls go through the compiled function."""
         return self._compiled is not None
@@ -86,17 +97,47 @@ class CompiledFunction:
         if self._compiled is None:
             return self.fn(*args, **kwargs)
         try:
-            return self._compiled(*args, **kwargs)
+            with _recompile_limit_is_an_error():
+                return self._compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            if self.error is None:
+                limit = torch._dynamo.config.recompile_limit
+                self.error = (
+                    f"more than torch._dynamo.config.recompile_limit ({limit}) distinct shapes; "
+                    "new shapes run eagerly (raise the limit if a run needs more)"
+                )
+                warnings.warn(f"torch.compile of {self._name}: {self.error}", RuntimeWarning, stacklevel=2)
+            return self.fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any compiler failure
+            if _stance() == "fail_on_recompile":
+                raise  # the caller asked for recompiles to be errors: not ours to swallow
             result = self.fn(*args, **kwargs)  # an error eager raises too is the caller's, not the compiler's
             self._compiled = None
             self.error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
             warnings.warn(
-                f"torch.compile of {getattr(self.fn, '__name__', self.fn)} failed ({self.error}); running eagerly",
+                f"torch.compile of {self._name} failed ({self.error}); running eagerly",
                 RuntimeWarning,
                 stacklevel=2,
             )
             return result
+
+
+def _stance() -> str | None:
+    """The active ``torch.compiler.set_stance`` name (torch has no public getter)."""
+    stance = getattr(torch._dynamo.eval_frame, "_stance", None)
+    return getattr(stance, "stance", None)
+
+
+@contextmanager
+def _recompile_limit_is_an_error() -> Iterator[None]:
+    # Set and restored by hand: config.patch costs about 4x more, on every decode step.
+    config = torch._dynamo.config
+    previous = config.fail_on_recompile_limit_hit
+    config.fail_on_recompile_limit_hit = True
+    try:
+        yield
+    finally:
+        config.fail_on_recompile_limit_hit = previous
 
 
 def _env_flag(name: str) -> bool:

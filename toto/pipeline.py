@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class TotoPipeline:
         self.min_samples_per_batch = min_samples_per_batch
         self.min_num_samples = min_num_samples
         self.last_run_metadata: dict[str, Any] = {}
+        # One predict at a time: the forecaster's buffers, the seeded RNG and the metadata are shared.
+        self._lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -177,15 +180,16 @@ class TotoPipeline:
         check_int("samples_per_batch", samples_per_batch)
         series, observed = normalize_context(context)
         inputs = self._masked(series, observed, time_interval_seconds)
-        samples, used = self._forecast_with_backoff(
-            inputs, prediction_length, num_samples, samples_per_batch, seed, progress
-        )
-        self.last_run_metadata = {
-            "num_samples_requested": num_samples,
-            "samples_per_batch_requested": samples_per_batch,
-            "batch_size": series.shape[0],
-            **used,
-        }
+        with self._lock:
+            samples, used = self._forecast_with_backoff(
+                inputs, prediction_length, num_samples, samples_per_batch, seed, progress
+            )
+            self.last_run_metadata = {
+                "num_samples_requested": num_samples,
+                "samples_per_batch_requested": samples_per_batch,
+                "batch_size": series.shape[0],
+                **used,
+            }
         array = samples.float().cpu().numpy()
         return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
 
@@ -257,6 +261,7 @@ class TotoPipeline:
                     RuntimeWarning,
                     stacklevel=3,
                 )
+                self.forecaster.clear_buffers()  # pooled buffers of other shapes may be what filled memory
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
         settings = self.forecaster.compile_settings
@@ -296,15 +301,16 @@ def normalize_context(context: Any) -> tuple[Tensor, Tensor]:
     """Any accepted context form -> ``(series [batch, variate, time] float32, observed mask)``.
 
     1-D: one series. 2-D tensor/array: a batch of equal-length series. 3-D: (batch,
-    variate, time). A list of 1-D series of different lengths is left-padded. NaN
-    marks a missing value: masked out and set to 0.
+    variate, time). A list of 1-D series of different lengths is left-padded with NaN.
+    NaN marks a missing value: ``observed`` is False there (the forecaster fills it).
     """
     if isinstance(context, (str, bytes)):
         raise TypeError(f"context must be numeric (tensor, array or list), got {type(context).__name__}")
     if isinstance(context, (list, tuple)) and context and all(_is_1d(c) for c in context):
         rows = [_as_float_tensor(c, f"context[{i}]") for i, c in enumerate(context)]
-        if any(r.numel() == 0 for r in rows):
-            raise ValueError("context: every series must have at least one value")
+        for i, row in enumerate(rows):
+            if row.numel() == 0:
+                raise ValueError(f"context[{i}] has no values; every series needs at least one")
         length = max(r.shape[0] for r in rows)
         series = torch.full((len(rows), 1, length), math.nan)
         for i, r in enumerate(rows):
@@ -319,13 +325,18 @@ def normalize_context(context: Any) -> tuple[Tensor, Tensor]:
             raise ValueError(f"context must have 1, 2 or 3 dimensions, got shape {tuple(series.shape)}")
     if series.shape[0] == 0 or series.shape[1] == 0 or series.shape[-1] == 0:
         raise ValueError(f"context is empty (shape {tuple(series.shape)})")
-    if torch.isinf(series).any():
-        raise ValueError("context contains ±inf")
+    infinite = torch.isinf(series)
+    if infinite.any():
+        batch, variate, step = infinite.nonzero()[0].tolist()
+        raise ValueError(
+            f"context: series {batch} (variate {variate}) has ±inf at position {step}; use NaN for a missing value"
+        )
     observed = ~torch.isnan(series)
     empty = ~observed.any(dim=-1)
     if empty.any():
-        raise ValueError(f"context: series {empty.nonzero()[0].tolist()} (batch, variate) has no observed value")
-    return torch.nan_to_num(series, nan=0.0), observed
+        batch, variate = empty.nonzero()[0].tolist()
+        raise ValueError(f"context: series {batch} (variate {variate}) has no observed value (all NaN)")
+    return series, observed
 
 
 def _is_1d(value: Any) -> bool:

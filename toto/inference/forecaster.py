@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,7 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..compile import CompiledFunction, CompileSettings
-from ..data.util.dataset import MaskedTimeseries, pad_array, pad_id_mask
+from ..data.util.dataset import MaskedTimeseries, fill_missing, pad_array, pad_id_mask
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
 from ..validation import check_int
@@ -19,6 +21,10 @@ from .decoding import DecodeBuffers, encode_context, mean_step, next_patch, pref
 # KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
 # varying length share buffers and compiled graphs: one graph per bucket.
 CAPACITY_BUCKET = 16
+# Decode-buffer sets kept for reuse, least recently used dropped first: bounds memory in
+# long backtests that touch many shapes. A call uses two sets (context rows, sample rows);
+# 16 covers the 8 shapes per step that dynamo's default recompile_limit lets compile.
+MAX_BUFFER_SETS = 16
 
 
 def bucket_capacity(num_patches: int) -> int:
@@ -92,7 +98,9 @@ class TotoForecaster:
             True: CompiledFunction(sample_step, self.compile_settings),
             False: CompiledFunction(mean_step, self.compile_settings),
         }
-        self._buffers: dict[tuple, DecodeBuffers] = {}
+        self._buffers: OrderedDict[tuple, DecodeBuffers] = OrderedDict()
+        # Buffers and compiled graphs are shared by every call: one forecast at a time.
+        self._lock = threading.RLock()
 
     @property
     def compiled(self) -> bool:
@@ -109,7 +117,8 @@ class TotoForecaster:
 
     def clear_buffers(self) -> None:
         """Free the decode buffers kept for reuse."""
-        self._buffers.clear()
+        with self._lock:
+            self._buffers.clear()
 
     @torch.no_grad()
     def forecast(
@@ -133,6 +142,18 @@ class TotoForecaster:
             check_int("num_samples", num_samples)
         if inputs.num_exogenous_variables:
             raise NotImplementedError("num_exogenous_variables > 0 (exogenous inputs) is not supported")
+        with self._lock:
+            return self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
+
+    def _forecast(
+        self,
+        inputs: MaskedTimeseries,
+        prediction_length: int,
+        num_samples: int | None,
+        samples_per_batch: int,
+        use_kv_cache: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
         num_steps = -(-prediction_length // self.model.patch_size)
 
@@ -161,6 +182,7 @@ class TotoForecaster:
         if observed.shape != series.shape:
             raise ValueError(f"inputs.padding_mask has shape {tuple(observed.shape)}, expected {tuple(series.shape)}")
         ids = ids.expand_as(series)
+        series, observed = mask_missing(series, observed.to(torch.bool))
         param = next(self.model.parameters())
         patch = self.model.patch_size
         series = pad_array(series.to(device=param.device, dtype=param.dtype), patch)
@@ -219,7 +241,11 @@ class TotoForecaster:
 
     def _buffers_for(self, rows: int, variates: int, capacity: int, like: Tensor) -> DecodeBuffers:
         key = (rows, variates, capacity, like.dtype, like.device)
-        if key not in self._buffers:
+        if key in self._buffers:
+            self._buffers.move_to_end(key)
+        else:
+            if len(self._buffers) >= MAX_BUFFER_SETS:
+                self._buffers.popitem(last=False)
             self._buffers[key] = DecodeBuffers.allocate(self.model, rows, variates, capacity, like.dtype, like.device)
         return self._buffers[key]
 
@@ -242,3 +268,30 @@ class TotoForecaster:
             observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
             ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
         return torch.cat(patches, dim=-1)
+
+
+def mask_missing(
+    series: Float[Tensor, "batch variate time"], observed: Tensor
+) -> tuple[Float[Tensor, "batch variate time"], Tensor]:
+    """NaN counts as not observed (see :func:`fill_missing`); ±inf and series with nothing observed are errors."""
+    if series.is_complex() or series.dtype == torch.bool:
+        raise TypeError(f"inputs.series must hold real numbers, got dtype {series.dtype}")
+    if 0 in series.shape:
+        raise ValueError(f"inputs.series is empty (shape {tuple(series.shape)})")
+    observed = observed.to(series.device)
+    infinite = torch.isinf(series)
+    if infinite.any():
+        where = infinite.nonzero()[0].tolist()
+        raise ValueError(
+            f"inputs.series has ±inf at (batch, variate, time) {tuple(where)}; use NaN for a missing value"
+        )
+    if series.is_floating_point():
+        series, missing = fill_missing(series)
+        observed = observed & ~missing
+    empty = ~observed.any(dim=-1)
+    if empty.any():
+        raise ValueError(
+            f"inputs: series (batch, variate) {tuple(empty.nonzero()[0].tolist())} has no observed value "
+            "(padding_mask all False, or all NaN)"
+        )
+    return series, observed

@@ -51,6 +51,23 @@ def pad_id_mask(id_mask: Int[Tensor, "*batch variate time"], multiple: int) -> I
     return torch.cat((edge, id_mask), dim=-1)
 
 
+def fill_missing(series: Float[Tensor, "*batch variate time"]) -> tuple[Tensor, Bool[Tensor, "*batch variate time"]]:
+    """NaN -> the last observed value before it (0 before the first, like left padding), and where NaN was.
+
+    The caller masks those steps out of the scaler statistics; the filled value only
+    keeps the model's input near the series' level, where a 0 at a level of 3e4 would
+    be a spike of hundreds of standard deviations.
+    """
+    missing = torch.isnan(series)
+    if not missing.any():
+        return series, missing
+    steps = torch.arange(series.shape[-1], device=series.device).expand_as(series)
+    last_seen = torch.where(missing, 0, steps).cummax(dim=-1).values
+    seen_before = (~missing).cumsum(dim=-1) > 0
+    filled = torch.where(seen_before, series.gather(-1, last_seen), torch.zeros_like(series))
+    return filled, missing
+
+
 def replace_extreme_values(t: Tensor, replacement: float = 0.0) -> Tensor:
     """Replace inf, NaN and values with ``|x| >= finfo.max / 2`` (upstream's guard in decoding)."""
     extreme = ~torch.isfinite(t) | (t.abs() >= torch.finfo(t.dtype).max / 2)

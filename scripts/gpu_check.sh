@@ -14,5 +14,7 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -m toto.cli check --quick --device cuda
+check=0
+python3 -m toto.cli check --quick --device cuda || check=$?  # a failed check must not hide the rest
 python3 scripts/gpu_check.py ${PARITY_SCENARIOS:+--parity-scenarios "$PARITY_SCENARIOS"} --bench-args "$*"
+exit "$check"

@@ -18,9 +18,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toto import MaskedTimeseries, TotoForecaster, TotoPipeline
+from toto import MaskedTimeseries, TotoPipeline
 from toto.compile import CompiledFunction, CompileSettings
-from toto.data.util.dataset import fill_missing
+from toto.data.util.dataset import fill_missing, masked_timeseries
 from toto.diagnostics import snapshot
 
 H = 20  # more than one tiny patch (16), so decode steps run
@@ -42,14 +42,7 @@ def walk(*shape, seed=0, level=10.0):
 
 
 def masked(series: torch.Tensor, observed: torch.Tensor | None = None) -> MaskedTimeseries:
-    observed = torch.ones_like(series, dtype=torch.bool) if observed is None else observed
-    return MaskedTimeseries(
-        series=series,
-        padding_mask=observed,
-        id_mask=torch.zeros_like(series, dtype=torch.int),
-        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
-        time_interval_seconds=torch.full(series.shape[:-1], 60, dtype=torch.int),
-    )
+    return masked_timeseries(series, observed, time_interval_seconds=60)
 
 
 # --- shapes, types and values: one clear error each ------------------------------------------------

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .compile import CompileSettings
-from .data.util.dataset import MaskedTimeseries
+from .data.util.dataset import MaskedTimeseries, masked_timeseries
 from .diagnostics import snapshot
 from .inference.forecaster import TotoForecaster
 from .loading import DEFAULT_MODEL_ID
@@ -179,7 +179,7 @@ class TotoPipeline:
         check_int("num_samples", num_samples)
         check_int("samples_per_batch", samples_per_batch)
         series, observed = normalize_context(context)
-        inputs = self._masked(series, observed, time_interval_seconds)
+        inputs = masked_timeseries(series.to(self.device), observed, time_interval_seconds)
         with self._lock:
             samples, used = self._forecast_with_backoff(
                 inputs, prediction_length, num_samples, samples_per_batch, seed, progress
@@ -215,17 +215,6 @@ class TotoPipeline:
         if samples.shape[1] == 1:
             quantiles, mean = quantiles[:, 0], mean[:, 0]
         return quantiles, mean
-
-    def _masked(self, series: Tensor, observed: Tensor, time_interval_seconds: int) -> MaskedTimeseries:
-        device = self.device
-        batch, variates, _ = series.shape
-        return MaskedTimeseries(
-            series=series.to(device),
-            padding_mask=observed.to(device),
-            id_mask=torch.zeros_like(series, dtype=torch.int, device=device),
-            timestamp_seconds=torch.zeros_like(series, dtype=torch.int, device=device),
-            time_interval_seconds=torch.full((batch, variates), time_interval_seconds, dtype=torch.int, device=device),
-        )
 
     def _forecast_with_backoff(
         self,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,11 +29,12 @@ import torch
 
 from ..compile import default_mode
 from ..config import PUBLISHED_CONFIG
-from ..data.util.dataset import MaskedTimeseries
+from ..data.util.dataset import MaskedTimeseries, masked_timeseries
 from ..diagnostics import snapshot
 from ..inference.forecaster import TotoForecaster
 from ..model.toto import Toto
 from ..random_checkpoint import write_checkpoint
+from .common import add_device_argument, describe, device_unavailable, sync
 
 SCENARIOS = {
     "S1": {"context": 512, "horizon": 8, "num_samples": 1024},
@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--scenarios", default="S1,S2,S3", type=_choices(SCENARIOS), help="default: %(default)s")
     parser.add_argument("--runners", default=",".join(RUNNERS), type=_choices(RUNNERS), help="default: all four")
     parser.add_argument("--repeats", type=int, default=2, help="steady-state calls after the first (default: 2)")
@@ -74,8 +74,7 @@ def _choices(allowed) -> Callable[[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("toto-compiled bench: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
+    if device_unavailable("toto-compiled bench", args.device):
         return 2
     if args.repeats < 1:
         print("toto-compiled bench: error: --repeats must be at least 1", file=sys.stderr)
@@ -116,17 +115,11 @@ def load_upstream(checkpoint: Path, device: str):
     return model, UpstreamForecaster, upstream_dataset.MaskedTimeseries
 
 
-def inputs(masked_cls, context: int, device: str):
-    """A random walk around 100, one univariate series."""
+def inputs(container, context: int, device: str):
+    """A random walk around 100, one univariate series, in ``container`` (ours or upstream's MaskedTimeseries)."""
     gen = torch.Generator().manual_seed(0)
     series = (100 + torch.randn(1, 1, context, generator=gen).cumsum(-1)).to(device)
-    return masked_cls(
-        series=series,
-        padding_mask=torch.ones_like(series, dtype=torch.bool),
-        id_mask=torch.zeros_like(series, dtype=torch.int),
-        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
-        time_interval_seconds=torch.full((1, 1), 900, dtype=torch.int, device=device),
-    )
+    return masked_timeseries(series, container=container)
 
 
 def measure(forecast: Callable[[], Any], device: str, repeats: int) -> dict:
@@ -138,11 +131,11 @@ def measure(forecast: Callable[[], Any], device: str, repeats: int) -> dict:
     times = []
     for i in range(repeats + 1):
         torch.manual_seed(i)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with torch.no_grad():
             forecast()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     stats = snapshot() - before
     later = statistics.median(times[1:])
@@ -192,12 +185,6 @@ def benchmark(device: str, scenarios: list[str], runners: list[str], repeats: in
     return {"device": describe(device), "compile_mode": mode, "torch": torch.__version__, "results": results}
 
 
-def describe(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def table(report: dict) -> str:
     lines = [f"device: {report['device']}; torch {report['torch']}; compile mode {report['compile_mode']}", ""]
     header = "| scenario | runner | first call s | later call s | compile s | peak MiB | speed-up | graphs | graph breaks | recompiles | cudagraph skips |"
@@ -213,7 +200,3 @@ def table(report: dict) -> str:
             )
     return "\n".join(lines)
 
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()

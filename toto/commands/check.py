@@ -25,11 +25,12 @@ from torch import Tensor
 
 from .. import __version__
 from ..config import PUBLISHED_CONFIG
-from ..data.util.dataset import MaskedTimeseries
+from ..data.util.dataset import MaskedTimeseries, masked_timeseries
 from ..diagnostics import CompileStats, snapshot
 from ..inference.forecaster import TotoForecaster, bucket_capacity
 from ..model.toto import Toto
 from ..random_checkpoint import write_checkpoint
+from .common import add_device_argument, describe, device_unavailable, sync
 
 MEAN_PATH_BOUND = 1e-4  # max relative difference, float32; compiled code reorders reductions
 MAE_BOUND = 0.10  # relative; inductor draws its own random numbers, so samples differ at equal seeds
@@ -78,15 +79,14 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a short scenario: about 1-2 minutes on a 2-core CPU")
     parser.add_argument("--model", help="hub id or local checkpoint folder (default: random weights, published architecture)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--compile-mode", help="torch.compile mode (default: the device's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("toto-compiled check: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
+    if device_unavailable("toto-compiled check", args.device):
         return 2
     scenario = QUICK if args.quick else THOROUGH
     try:
@@ -127,14 +127,7 @@ def synthetic_series(length: int, seed: int) -> Tensor:
 
 
 def masked(series: Tensor, device: str) -> MaskedTimeseries:
-    values = series.reshape(1, 1, -1).to(device)
-    return MaskedTimeseries(
-        series=values,
-        padding_mask=torch.ones_like(values, dtype=torch.bool),
-        id_mask=torch.zeros_like(values, dtype=torch.int),
-        timestamp_seconds=torch.zeros_like(values, dtype=torch.int),
-        time_interval_seconds=torch.full((1, 1), 900, dtype=torch.int, device=device),
-    )
+    return masked_timeseries(series.reshape(1, 1, -1).to(device))
 
 
 def timed_runs(
@@ -151,12 +144,12 @@ def timed_runs(
     times, samples = [], None
     for call in range(1 + scenario.repeats):
         torch.manual_seed(seed)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         samples = forecaster.forecast(
             inputs, scenario.horizon, num_samples=scenario.num_samples, samples_per_batch=scenario.num_samples
         ).samples
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
         print(f"{label}: sampled call {call + 1}/{1 + scenario.repeats} {times[-1]:.2f} s", file=sys.stderr, flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
@@ -231,7 +224,7 @@ def compare(eager: TotoForecaster, compiled: TotoForecaster, scenario: Scenario,
 
 
 def summary(rows: list[Row], scenario: Scenario, device: str, mode: str, model_note: str, seed: int) -> str:
-    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = describe(device)
     lines = [
         "",
         "TEST SUMMARY",
@@ -259,11 +252,6 @@ def _median_mae(samples: Tensor, future: Tensor) -> float:
 
 def _verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def _peak_rss_mib() -> float:

@@ -21,6 +21,7 @@ import torch
 
 from ..loading import DEFAULT_MODEL_ID
 from ..pipeline import TotoPipeline
+from .common import add_device_argument
 
 PROG = "toto-compiled forecast"
 DESCRIPTION = "Forecast the value columns of a CSV file as one multivariate series; write mean and quantiles as CSV."
@@ -57,7 +58,7 @@ def add_parser(subparsers) -> None:
     add("--samples-per-batch", type=_positive_int, default=256, help="default: %(default)s")
     add("--quantiles", type=_quantiles, default="0.1,0.5,0.9", help="levels in [0, 1] (default: %(default)s)")
     add("--output", type=Path, help="output CSV (default: stdout)")
-    add("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
     add("--seed", type=int, default=0, help="default: %(default)s")
     parser.set_defaults(run=run)

@@ -29,6 +29,24 @@ class MaskedTimeseries(NamedTuple):
         return self._replace(**{k: v.to(device) for k, v in self._asdict().items() if isinstance(v, Tensor)})
 
 
+def masked_timeseries(
+    series: Float[Tensor, "batch variate time"],
+    observed: Bool[Tensor, "batch variate time"] | None = None,
+    time_interval_seconds: int = 900,
+    container: type = MaskedTimeseries,
+) -> MaskedTimeseries:
+    """``series`` with every variate in one id group, zero timestamps, and ``observed``
+    (default: all True), on ``series``' device. ``container`` may be another class
+    with the same fields (upstream's, in the benchmark)."""
+    return container(
+        series=series,
+        padding_mask=torch.ones_like(series, dtype=torch.bool) if observed is None else observed.to(series.device),
+        id_mask=torch.zeros_like(series, dtype=torch.int),
+        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
+        time_interval_seconds=torch.full(series.shape[:-1], time_interval_seconds, dtype=torch.int, device=series.device),
+    )
+
+
 def padded_length(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 

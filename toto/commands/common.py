@@ -1,0 +1,34 @@
+"""What the subcommands share: the ``--device`` option, its availability check, timing sync, and device names."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=default, help="default: %(default)s")
+
+
+def device_unavailable(prog: str, device: str) -> bool:
+    """Print the usage error and return True when ``device`` cannot be used here."""
+    if device == "cuda" and not torch.cuda.is_available():
+        print(f"{prog}: error: --device cuda: CUDA is not available on this machine; use --device cpu", file=sys.stderr)
+        return True
+    return False
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so that wall-clock timings are honest."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def describe(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

@@ -36,6 +36,19 @@ def model_pair(request):
     return ours, theirs
 
 
+@pytest.fixture
+def broken_torch_compile(monkeypatch):
+    """``torch.compile`` whose compiled functions raise "simulated compiler failure" when called."""
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("simulated compiler failure")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+
+
 _PARITY_FIGURES: dict[str, float] = {}
 
 

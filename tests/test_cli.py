@@ -57,14 +57,7 @@ def test_readme_main_command_check_quick():
     assert "RANDOM weights" in result.stdout and "All checks PASSED" in result.stdout
 
 
-def test_check_fails_when_compilation_fails(tiny_checkpoint, monkeypatch, capsys):
-    def broken_compile(fn, **kwargs):
-        def compiled(*args, **kw):
-            raise RuntimeError("simulated compiler failure")
-
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+def test_check_fails_when_compilation_fails(tiny_checkpoint, broken_torch_compile, capsys):
     with pytest.warns(RuntimeWarning, match="simulated compiler failure"):
         code = main(["check", "--quick", "--model", str(tiny_checkpoint), "--device", "cpu"])
     out = capsys.readouterr().out

@@ -177,14 +177,7 @@ def test_masked_timeseries_with_loose_dtypes(pipeline):
 # --- compilation ------------------------------------------------------------------------------------
 
 
-def test_compile_failure_warns_once_and_is_recorded(tiny_checkpoint, pipeline, monkeypatch):
-    def broken_compile(fn, **kwargs):
-        def compiled(*args, **kw):
-            raise RuntimeError("simulated compiler failure")
-
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+def test_compile_failure_warns_once_and_is_recorded(tiny_checkpoint, pipeline, broken_torch_compile):
     broken = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True)
     with pytest.warns(RuntimeWarning, match="simulated compiler failure"):
         got = broken.predict(walk(40), H, num_samples=5, samples_per_batch=5, seed=1)[0].samples
@@ -344,7 +337,8 @@ def contexts(draw):
     return series.masked_fill(gaps, float("nan")), magnitude
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same 40 examples every run, so CI is reproducible; raise max_examples locally to explore.
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=contexts(), horizon=st.integers(1, 40))
 def test_any_valid_context_gives_finite_well_shaped_samples(pipeline, case, horizon):
     context, magnitude = case

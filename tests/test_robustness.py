@@ -75,7 +75,6 @@ with_inf[1, 7] = -float("inf")
         (walk(40), {"num_samples": -1}, ValueError, ["num_samples"]),
         (walk(40), {"samples_per_batch": 0}, ValueError, ["samples_per_batch", "0"]),
     ],
-    ids=lambda value: None,
 )
 def test_bad_input_is_a_clear_error(pipeline, context, options, error, parts):
     call = {"prediction_length": H, "num_samples": 4, "samples_per_batch": 4, **options}

@@ -14,12 +14,19 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default, help="default: %(default)s")
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used here, as a usage-error message, or None."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: CUDA is not available on this machine; use --device cpu"
+    return None
+
+
 def device_unavailable(prog: str, device: str) -> bool:
     """Print the usage error and return True when ``device`` cannot be used here."""
-    if device == "cuda" and not torch.cuda.is_available():
-        print(f"{prog}: error: --device cuda: CUDA is not available on this machine; use --device cpu", file=sys.stderr)
-        return True
-    return False
+    problem = device_problem(device)
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+    return problem is not None
 
 
 def sync(device: str) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from ..loading import DEFAULT_MODEL_ID
 from ..pipeline import TotoPipeline
-from .common import add_device_argument
+from .common import add_device_argument, device_problem
 
 PROG = "toto-compiled forecast"
 DESCRIPTION = "Forecast the value columns of a CSV file as one multivariate series; write mean and quantiles as CSV."
@@ -230,8 +230,8 @@ def forecast(args: argparse.Namespace) -> None:
         step_text = f"{step:g} s"
     if args.output is not None and (args.output.is_dir() or not args.output.resolve().parent.is_dir()):
         raise UsageError(f"--output {args.output}: not a file path in an existing folder")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if problem := device_problem(args.device):
+        raise UsageError(problem)
     rows, missing = table.values.shape[1], int(np.isnan(table.values).sum())
     columns = f"{len(table.columns)} columns ({', '.join(table.columns)})"
     print(f"input: {args.input}: {rows} rows x {columns}, {missing} missing, step {step_text}", file=sys.stderr)

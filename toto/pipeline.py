@@ -179,7 +179,8 @@ class TotoPipeline:
         check_int("num_samples", num_samples)
         check_int("samples_per_batch", samples_per_batch)
         series, observed = normalize_context(context)
-        inputs = masked_timeseries(series.to(self.device), observed, time_interval_seconds)
+        # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
+        inputs = masked_timeseries(series, observed, time_interval_seconds)
         with self._lock:
             samples, used = self._forecast_with_backoff(
                 inputs, prediction_length, num_samples, samples_per_batch, seed, progress

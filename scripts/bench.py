@@ -1,6 +1,7 @@
 """Benchmark upstream toto-ts and ours, eager and compiled: ``toto-compiled bench`` from a checkout.
 
-    python scripts/bench.py [--device cuda] [--scenarios S1,S2] [--runners ours-eager,ours-compiled] [--repeats 3] [--json out.json]
+    python scripts/bench.py [--device cuda] [--scenarios S1,S2] [--runners ours-eager,ours-compiled]
+                            [--dtype bfloat16] [--repeats 3] [--runner-timeout 90] [--json out.json]
 
 Looks for the oracle in the checkout's .oracle/ (python scripts/install_oracle.py).
 """

@@ -12,7 +12,7 @@ import torch
 
 from toto.cli import main
 from toto.commands import check
-from toto.commands.check import QUICK, Row, same_bucket_shorter, summary
+from toto.commands.check import QUICK, Row, same_bucket_shorter, speed_row, summary
 from toto.inference.forecaster import bucket_capacity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,7 @@ def test_check_quick_passes_on_tiny_checkpoint(tiny_checkpoint):
     assert rows["compiled path active"] == ["-", "yes", "PASS"]
     assert float(rows["parameter difference (mean path, max rel.)"][1]) <= check.MEAN_PATH_BOUND
     assert int(rows["graphs compiled (warm-up)"][1]) == 2  # one per decode-step kind
+    assert rows[f"later call, s (min of {QUICK.repeats}, interleaved)"][2] == "info"  # timing noise never fails on CPU
     assert "RANDOM" not in result.stdout  # real (if tiny) weights were loaded from --model
 
 
@@ -84,6 +85,15 @@ def test_summary_lists_failures_and_passes():
     assert text.splitlines()[-1] == "FAILED: speed"
     assert "All checks PASSED" not in text
     assert summary([rows[0], rows[2]], QUICK, "cpu", "default", "a model", 0).splitlines()[-1] == "All checks PASSED"
+
+
+def test_speed_is_reported_on_cpu_and_judged_on_cuda():
+    slow_cpu = speed_row(1.0, 2.0, 5, "cpu")
+    assert (slow_cpu.name, slow_cpu.verdict) == ("later call, s (min of 5, interleaved)", "info")
+    assert slow_cpu.detail.startswith("speed-up 0.50x")
+    assert speed_row(1.0, 2.0, 5, "cuda").verdict == "FAIL"
+    assert speed_row(2.0, 1.0, 5, "cuda").verdict == "PASS"
+    assert speed_row(1.0, 1.0, 5, "cuda").detail == "speed-up 1.00x, >= 1.0x"
 
 
 @pytest.mark.parametrize(("length", "horizon", "patch"), [(512, 192, 64), (2048, 512, 64), (512, 192, 16), (100, 8, 16), (64, 8, 64)])

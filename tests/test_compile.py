@@ -136,17 +136,18 @@ def test_directly_compiled_backbone_does_not_storm(model, recompile_limit_warnin
 
 
 @torch.no_grad()
-def test_compiled_prefill_is_one_dynamic_graph(model, recompile_limit_warnings):
-    """Prefill compiled on request: contexts of any length and bucket share one graph."""
+def test_compiled_prefill_is_one_static_graph_per_bucket(model, recompile_limit_warnings):
+    """Prefill compiled with static shapes: contexts in one bucket share its graph; a new bucket adds one."""
     compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True)
     eager = TotoForecaster(model, torch_compile=False)
     before = snapshot()
-    for length in (70, 300, 130):  # three different patch counts, two capacity buckets
+    for length in (70, 130, 300):  # 5 and 9 patches share bucket 16; 19 patches need bucket 32
         got = compiled.forecast(masked(length), 40)
         torch.testing.assert_close(got.mean, eager.forecast(masked(length), 40).mean, rtol=1e-5, atol=1e-5)
     stats = snapshot() - before
     assert stats.graph_breaks == 0
-    assert stats.graphs == 1 + 2  # one dynamic prefill graph; the mean step once per capacity bucket
+    assert stats.graphs == 2 * 2  # per bucket: one prefill graph, one mean-step graph
+    assert stats.recompiles == 2  # the second bucket recompiles both frames
     assert not recompile_limit_warnings
 
 
@@ -181,7 +182,8 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.delenv("TOTO_COMPILE_MODE")
     assert CompileSettings.resolve(device="cpu").mode == "default"
     assert CompileSettings.resolve(device="cuda").mode == "reduce-overhead"
-    assert not CompileSettings.resolve(device="cuda").compile_prefill
+    assert CompileSettings.resolve(device="cuda").compile_prefill  # launch-bound there
+    assert not CompileSettings.resolve(device="cpu").compile_prefill
     assert CompileSettings.resolve(compile_prefill=True).compile_prefill
     monkeypatch.setenv("TOTO_COMPILE_MODE", "fastest")
     with pytest.raises(ValueError, match="TOTO_COMPILE_MODE"):

@@ -15,7 +15,7 @@ from parity_inputs import SCENARIOS, scenario
 
 from toto import TotoForecaster
 from toto.data.util.dataset import pad_array, pad_id_mask
-from toto.inference.decoding import DecodeBuffers, decode_step, prefill, start
+from toto.inference.decoding import ContextBuffers, decode_step, prefill
 
 
 def rel(ours: torch.Tensor, oracle: torch.Tensor) -> float:
@@ -79,10 +79,11 @@ def test_kv_cached_decoding_teacher_forced(model_pair, name, record):
         # The decode-state path (prefill once, then decode_step with the true patch) agrees too.
         t = end * patch
         if buffers is None:
-            buffers = DecodeBuffers.allocate(ours, series.shape[0], series.shape[1], 16, torch.float32, "cpu")
-            prefilled = prefill(ours, series[..., :t], observed[..., :t], ids[..., :t], buffers.cache)
-            start(buffers, prefilled, torch.zeros_like(buffers.patch))
-            ours_next = prefilled.distribution.mean
+            context = ContextBuffers.allocate(ours, series.shape[0], series.shape[1], 16, torch.float32, "cpu")
+            id_patches = ids[..., :t:patch].long()
+            prefill(ours, context, series[..., :t], observed[..., :t], id_patches, torch.tensor(end - 1))
+            buffers = context.state
+            ours_next = buffers.patch.clone()
         else:
             buffers.patch.copy_(series[..., t - patch : t])
             buffers.cache.advance(1)
@@ -117,7 +118,8 @@ def _forecaster(ours, mode: str) -> TotoForecaster:
         pytest.skip(f"{mode} decoding is checked at tiny size only (CPU time)")
     if mode == "compiled":
         torch._dynamo.reset()  # a fresh compile for this test's shapes
-    return TotoForecaster(ours, torch_compile=mode == "compiled")
+    # Compiled means the whole call: static right-padded prefill, draws and decode steps.
+    return TotoForecaster(ours, torch_compile=mode == "compiled", compile_prefill=mode == "compiled")
 
 
 @pytest.mark.parametrize("name", ["univariate", "multivariate_groups", "left_padding", "large_magnitude"])
@@ -176,3 +178,62 @@ def test_sampled_forecast_distribution(model_pair, mode, record):
         theirs_in_ours = _ecdf_at(a.samples, b.quantile(q)) - q
         worst = max(ours_in_theirs.abs().max().item(), theirs_in_ours.abs().max().item())
         assert record(f"q{q} ecdf/bound", worst / tolerance) <= 1.0, (q, worst, tolerance)
+
+
+def _long_scenario(name: str, patch: int, num_patches: int):
+    """A scenario's series, ``num_patches`` long, with its id layout."""
+    series, observed, ids = scenario(name, patch)
+    walk = import_module("parity_inputs").random_walk
+    long = walk(series.shape[0], series.shape[1], num_patches * patch, level=float(series[..., 0].mean()), seed=9)
+    return long, torch.ones_like(long, dtype=torch.bool), ids[..., :1].expand_as(long).contiguous()
+
+
+@pytest.mark.parametrize("name", ["univariate", "multivariate_groups"])
+@torch.no_grad()
+def test_compiled_prefill_across_one_bucket(model_pair, name, record):
+    """Contexts of 1, 7 and 16 patches (some left-padded) share one 16-patch bucket and its graphs.
+
+    Against the oracle: the next-patch forecast of the prefill (forward) within 1e-5 and
+    the decoded mean forecast within 1e-4; after the first call, no new graph, recompile
+    or graph break, under ``fail_on_recompile``.
+    """
+    ours, theirs = model_pair
+    if ours.embed_dim > 64:
+        pytest.skip("checked at tiny size (CPU compile time)")
+    from toto.diagnostics import snapshot
+    from toto.inference.forecaster import CAPACITY_BUCKET
+
+    torch._dynamo.reset()
+    forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True)
+    upstream = import_oracle("inference.forecaster")
+    dataset = import_oracle("data.util.dataset")
+    toto_data = import_module("toto.data.util.dataset")
+    patch = ours.patch_size
+    series, observed, ids = _long_scenario(name, patch, CAPACITY_BUCKET)
+
+    def both(length: int, horizon: int):
+        window = (t[..., -length:] for t in (series, observed, ids))
+        window = tuple(window)
+        a = forecaster.forecast(_masked(*window, toto_data), horizon).mean
+        b = upstream.TotoForecaster(theirs).forecast(_masked(*window, dataset), horizon).mean
+        return a, b
+
+    # Horizon of one patch: the whole forecast is the prefill's next-patch mean (the forward).
+    # Horizon of three patches: capacity context + 2, so 14 context patches still fit 16.
+    calls = [(L, patch) for L in (patch - 3, 7 * patch - 5, 16 * patch)]
+    calls += [(L, 2 * patch + 5) for L in (patch - 3, 7 * patch - 5, 14 * patch)]
+    assert {forecaster.capacity_for(L, h) for L, h in calls} == {CAPACITY_BUCKET}
+    before = snapshot()
+    a, b = both(*calls[0])
+    assert record("forward", rel(a, b)) <= 1e-5
+    a, b = both(*calls[3])
+    assert rel(a, b) <= 1e-4
+    warm = snapshot() - before
+    assert warm.graph_breaks == 0 and forecaster.compiled and forecaster.compile_error is None
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for length, horizon in calls:
+            a, b = both(length, horizon)
+            bound = 1e-5 if horizon == patch else 1e-4
+            assert record(f"{length} steps, horizon {horizon}", rel(a, b)) <= bound
+    steady = snapshot() - before - warm
+    assert steady.graphs == 0 and steady.recompiles == 0 and steady.graph_breaks == 0

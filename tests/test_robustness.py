@@ -346,3 +346,26 @@ def test_any_valid_context_gives_finite_well_shaped_samples(pipeline, case, hori
     for forecast in forecasts:
         assert forecast.samples.shape == (1, context.shape[1], horizon, 6)
         assert np.isfinite(forecast.samples).all(), f"non-finite output at magnitude {magnitude:g}"
+
+
+@pytest.mark.parametrize(
+    ("context", "where"),
+    [
+        (np.array([1.0, 2.0, 1.7e308, 3.0]), "context: the value 1.7e+308 at index (2,)"),
+        ([[1.0, 2.0], [-3e39, 4.0]], "context[1]: the value -3e+39 at index (0,)"),  # a list of series
+    ],
+    ids=["numpy-1d", "list-2d"],
+)
+def test_float64_beyond_float32_is_an_overflow_not_an_infinity(pipeline, context, where):
+    with pytest.raises(ValueError) as info:
+        pipeline.predict(context, prediction_length=H, num_samples=4, samples_per_batch=4)
+    message = str(info.value)
+    assert message.startswith(where) and "overflows torch.float32" in message
+    assert "inf" not in message.replace("finfo", "")
+
+
+def test_forecaster_names_the_overflowing_value_too(pipeline):
+    series = torch.full((1, 1, 40), 5.0, dtype=torch.float64)
+    series[0, 0, 9] = 1.7e308
+    with pytest.raises(ValueError, match=r"inputs.series: the value 1.7e\+308 at index \(0, 0, 9\) overflows torch.float32"):
+        pipeline.forecaster.forecast(masked(series), H)

@@ -381,28 +381,62 @@ def tiny_model(tiny_checkpoint):
 @torch.no_grad()
 def test_prefill_shares_the_context_with_every_sample_row(tiny_model):
     """Rows are (sample, series): each sample block holds the context the single prefill wrote."""
-    from toto.inference.decoding import DecodeBuffers, prefill, share_context, start
+    from toto.inference.decoding import ContextBuffers, DecodeBuffers, begin, prefill, share_context
 
     patch, batch, variates, repeats = tiny_model.patch_size, 2, 3, 4
     series = _random_walk((batch, variates, 3 * patch), seed=52)
     observed = torch.ones_like(series, dtype=torch.bool)
-    ids = torch.zeros_like(series, dtype=torch.long)
-    context = DecodeBuffers.allocate(tiny_model, batch, variates, 8, torch.float32, "cpu")
+    id_patches = torch.zeros(batch, variates, 3, dtype=torch.long)
+    context = ContextBuffers.allocate(tiny_model, batch, variates, 8, torch.float32, "cpu")
     buffers = DecodeBuffers.allocate(tiny_model, batch * repeats, variates, 8, torch.float32, "cpu")
-    prefilled = prefill(tiny_model, series, observed, ids, context.cache)
-    share_context(buffers, context.cache, prefilled.num_patches)
-    start(buffers, prefilled, torch.zeros_like(buffers.patch))
+    prefill(tiny_model, context, series, observed, id_patches, torch.tensor(2))
+    share_context(buffers, context, 3)
+    begin(buffers, context)
 
     # An independent single-row-block encode of the same context, through the upstream-style forward.
     reference = tiny_model.allocate_kv_cache(batch, variates, 8 * patch)
-    tiny_model(series, observed, ids, kv_cache=reference)
+    tiny_model(series, observed, id_patches.repeat_interleave(patch, -1), kv_cache=reference)
     for ours, expected in zip(buffers.cache.tensors(), reference.tensors()):
         blocks = ours[:, :, :3].unflatten(0, (repeats, batch * variates))
         for r in range(repeats):
             torch.testing.assert_close(blocks[r], expected[:, :, :3])
     scaled_rows = buffers.scaler.value_sum.unflatten(0, (repeats, batch))
-    torch.testing.assert_close(scaled_rows, prefilled.scaler.value_sum.expand(repeats, -1, -1))
-    assert buffers.position.item() == 3 and buffers.cache.length == 3
+    torch.testing.assert_close(scaled_rows, context.state.scaler.value_sum.expand(repeats, -1, -1))
+    assert buffers.position.item() == 3
+    # Each sample row starts from its own draw of the first patch.
+    first = buffers.patch.unflatten(0, (repeats, batch))
+    assert not torch.equal(first[0], first[1])
+
+
+@torch.no_grad()
+def test_right_padded_prefill_equals_the_unpadded_one(tiny_model):
+    """Padding the context on the right (unobserved zeros) leaves every real output unchanged."""
+    from toto.inference.decoding import ContextBuffers, prefill
+
+    patch, batch, variates, real, padded = tiny_model.patch_size, 2, 3, 5, 16
+    series = _random_walk((batch, variates, real * patch), seed=53) + 40.0
+    observed = torch.rand(series.shape, generator=torch.Generator().manual_seed(54)) > 0.1
+    id_patches = torch.tensor([0, 0, 1])[None, :, None].expand(batch, variates, real)
+    results = []
+    for width in (real, padded):
+        extra = (width - real) * patch
+        context = ContextBuffers.allocate(tiny_model, batch, variates, padded, torch.float32, "cpu")
+        args = (
+            torch.nn.functional.pad(series, (0, extra), value=123.0),  # any finite value: it is unobserved
+            torch.nn.functional.pad(observed, (0, extra)),
+            torch.nn.functional.pad(id_patches, (0, width - real), value=7),
+        )
+        prefill(tiny_model, context, *args, torch.tensor(real - 1))
+        results.append(context)
+    unpadded, padded_ = results
+    for a, b in zip(unpadded.head, padded_.head):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(unpadded.state.scaler, padded_.state.scaler):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    for a, b in zip(unpadded.state.cache.tensors(), padded_.state.cache.tensors()):
+        torch.testing.assert_close(a[:, :, :real], b[:, :, :real], rtol=1e-5, atol=1e-6)
+    assert unpadded.state.position.item() == padded_.state.position.item() == real
+    torch.testing.assert_close(unpadded.state.patch, padded_.state.patch, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()

@@ -1,9 +1,13 @@
 """Compile policy: what gets compiled, how, and what happens when compiling fails.
 
-Compiled, each with ``fullgraph=True``: the decode step (the code that repeats,
-with static shapes) and, when asked (``compile_prefill``), the context encoding
-of prefill (dynamic in the number of patches, so varying context lengths share
-one graph). The model code has no compile-specific branches.
+Compiled, each with ``fullgraph=True`` and static shapes: the decode steps (the code
+that repeats) and, with ``compile_prefill``, the rest of a call: the context
+encoding (right-padded to its capacity bucket, so contexts of different lengths
+share one graph per bucket), the first-patch draw, and copying the context into
+the sample rows. ``compile_prefill`` is on by default on CUDA, where an eager
+prefill is bound by kernel launches, and off on CPU, where it is compute-bound and
+padding would add work (docs/PERFORMANCE.md). The model code has no
+compile-specific branches.
 
 Settings come from arguments, else the environment:
 ``TOTO_COMPILE=1`` turns compilation on, ``TOTO_COMPILE_MODE`` picks the mode.
@@ -32,9 +36,7 @@ class CompileSettings:
     enabled: bool = False
     mode: str = CPU_DEFAULT_MODE
     backend: str = "inductor"
-    # Prefill stays eager unless asked: on CPU it is compute-bound and its dynamic-shape
-    # compile costs far more than it saves; on CUDA it is launch-bound at small batch and
-    # may pay, but that is not measured yet (docs/PERFORMANCE.md).
+    # Prefill and the per-call glue; the default depends on the device (see the module docstring).
     compile_prefill: bool = False
 
     def for_prefill(self) -> "CompileSettings":
@@ -47,7 +49,7 @@ class CompileSettings:
         compile_mode: str | None = None,
         compile_backend: str | None = None,
         device: torch.device | str = "cpu",
-        compile_prefill: bool = False,
+        compile_prefill: bool | None = None,
     ) -> "CompileSettings":
         """Arguments win; ``None`` means "read the environment, else the device's default"."""
         enabled = _env_flag(ENV_COMPILE) if torch_compile is None else bool(torch_compile)
@@ -55,11 +57,19 @@ class CompileSettings:
         if mode not in MODES:
             source = "compile_mode" if compile_mode else ENV_COMPILE_MODE
             raise ValueError(f"{source}: unknown mode {mode!r}; expected one of {MODES}")
-        return cls(enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=compile_prefill)
+        if compile_prefill is None:
+            compile_prefill = default_compile_prefill(device)
+        return cls(
+            enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=bool(compile_prefill)
+        )
 
 
 def default_mode(device: torch.device | str) -> str:
     return CUDA_DEFAULT_MODE if torch.device(device).type == "cuda" else CPU_DEFAULT_MODE
+
+
+def default_compile_prefill(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
 
 
 class CompiledFunction:
@@ -97,8 +107,7 @@ class CompiledFunction:
         if self._compiled is None:
             return self.fn(*args, **kwargs)
         try:
-            with _recompile_limit_is_an_error():
-                return self._compiled(*args, **kwargs)
+            return self._call_compiled(*args, **kwargs)
         except torch._dynamo.exc.FailOnRecompileLimitHit:
             if self.error is None:
                 limit = torch._dynamo.config.recompile_limit
@@ -120,6 +129,12 @@ class CompiledFunction:
                 stacklevel=2,
             )
             return result
+
+
+    def _call_compiled(self, *args: Any, **kwargs: Any) -> Any:
+        # One seam for everything that runs inside compiled code (diagnostics.count_eager_ops wraps it).
+        with _recompile_limit_is_an_error():
+            return self._compiled(*args, **kwargs)
 
 
 def _stance() -> str | None:

@@ -2,11 +2,20 @@
 
 Used by tests (deterministic counts), benchmarks and the ``check`` command.
 Take a :func:`snapshot` before and after the work and subtract.
+
+:func:`count_eager_ops` is the CPU-measurable stand-in for GPU kernel launches:
+the ATen ops dispatched *outside* compiled graphs while a block runs.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from typing import Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 
 @dataclass(frozen=True)
@@ -36,3 +45,38 @@ def snapshot() -> CompileStats:
         recompiles=recompiles,
         cudagraph_skips=counters["inductor"]["cudagraph_skips"],
     )
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def count_eager_ops() -> Iterator[Counter[str]]:
+    """Count the ATen ops dispatched outside compiled graphs while the block runs, by op name.
+
+    Calls that go through a compiled :class:`~toto.compile.CompiledFunction` run with the
+    counter switched off (their graph is one replay, however many ops it fuses); a
+    function that runs eagerly, compiled or not, is counted op by op.
+    """
+    from .compile import CompiledFunction
+
+    plain_call = CompiledFunction._call_compiled
+
+    def uncounted(self, *args, **kwargs):
+        with _disable_current_modes():  # also keeps dynamo's guards seeing the usual dispatch state
+            return plain_call(self, *args, **kwargs)
+
+    counter = _OpCounter()
+    CompiledFunction._call_compiled = uncounted
+    try:
+        with counter:
+            yield counter.ops
+    finally:
+        CompiledFunction._call_compiled = plain_call

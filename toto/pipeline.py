@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gc
 import math
+import os
+import sys
+import time
 import threading
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -26,7 +29,7 @@ from .diagnostics import snapshot
 from .inference.forecaster import TotoForecaster
 from .loading import DEFAULT_MODEL_ID
 from .model.toto import Toto
-from .validation import check_int
+from .validation import check_int, check_representable
 
 HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
 IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
@@ -62,6 +65,8 @@ class TotoPipeline:
         torch_compile: bool | None = None,
         compile_mode: str | None = None,
         compile_backend: str | None = None,
+        compile_prefill: bool | None = None,
+        compile_cache_dir: str | os.PathLike | None = None,
         amp_dtype: torch.dtype | None = None,
         max_oom_retries: int = 2,
         min_samples_per_batch: int = 32,
@@ -74,7 +79,12 @@ class TotoPipeline:
         check_int("min_num_samples", min_num_samples)
         self.model = model.eval()
         self.forecaster = TotoForecaster(
-            model.model, torch_compile=torch_compile, compile_mode=compile_mode, compile_backend=compile_backend
+            model.model,
+            torch_compile=torch_compile,
+            compile_mode=compile_mode,
+            compile_backend=compile_backend,
+            compile_prefill=compile_prefill,
+            compile_cache_dir=compile_cache_dir,
         )
         self.amp_dtype = amp_dtype
         self.max_oom_retries = max_oom_retries
@@ -95,6 +105,8 @@ class TotoPipeline:
         compile_mode: str | None = None,
         compile_backend: str | None = None,
         compile_model: bool | None = None,
+        compile_prefill: bool | None = None,
+        compile_cache_dir: str | os.PathLike | None = None,
         amp_dtype: torch.dtype | None = None,
         warmup_sequence: int = 0,
         max_oom_retries: int = 2,
@@ -105,8 +117,12 @@ class TotoPipeline:
         """Load ``model_id`` (hub id or local folder) onto ``device_map``.
 
         ``torch_compile=None`` reads ``TOTO_COMPILE``; ``compile_model`` is an alias of
-        ``torch_compile``. ``hub_kwargs``: revision, cache_dir, local_files_only,
-        token, force_download.
+        ``torch_compile``. ``compile_prefill=None`` compiles the whole call on CUDA and
+        only the decode steps on CPU. ``compile_cache_dir`` (else ``TOTO_COMPILE_CACHE``)
+        keeps compiled graphs across processes. ``torch_dtype=torch.bfloat16`` loads
+        the weights in bfloat16; ``amp_dtype`` runs a float32 model under autocast
+        (CPU and CUDA). ``hub_kwargs``: revision, cache_dir, local_files_only, token,
+        force_download.
         """
         unknown = sorted(set(hub_kwargs) - HUB_OPTIONS)
         if unknown:
@@ -125,6 +141,8 @@ class TotoPipeline:
             torch_compile=torch_compile,
             compile_mode=compile_mode,
             compile_backend=compile_backend,
+            compile_prefill=compile_prefill,
+            compile_cache_dir=compile_cache_dir,
             amp_dtype=amp_dtype,
             max_oom_retries=max_oom_retries,
             min_samples_per_batch=min_samples_per_batch,
@@ -146,6 +164,52 @@ class TotoPipeline:
     @property
     def compile_settings(self) -> CompileSettings:
         return self.forecaster.compile_settings
+
+    def warmup(
+        self,
+        context_lengths: Sequence[int] | int,
+        prediction_length: int,
+        num_samples: int = 4096,
+        samples_per_batch: int = 512,
+        *,
+        batch_size: int = 1,
+        num_variates: int = 1,
+        show_progress: bool = True,
+    ) -> list[tuple[int, int, float]]:
+        """Compile, up front, every capacity bucket that calls with these shapes will touch.
+
+        One ``predict`` on zeros per distinct bucket among ``context_lengths`` (batch of
+        ``batch_size`` series of ``num_variates`` variates), so a backtest's first real
+        calls pay no compile time. With a compile cache (``compile_cache_dir`` or
+        ``TOTO_COMPILE_CACHE``) the graphs are also saved for later processes. Progress
+        goes to stderr. Returns ``(context_length, capacity_patches, seconds)`` per bucket.
+        """
+        lengths = [context_lengths] if isinstance(context_lengths, int) else list(context_lengths)
+        if not lengths:
+            raise ValueError("context_lengths must name at least one context length")
+        for i, length in enumerate(lengths):
+            check_int(f"context_lengths[{i}]", length)
+        check_int("prediction_length", prediction_length)
+        check_int("batch_size", batch_size)
+        check_int("num_variates", num_variates)
+        by_bucket: dict[int, int] = {}
+        for length in lengths:
+            by_bucket.setdefault(self.forecaster.capacity_for(length, prediction_length), length)
+        report = []
+        for index, (capacity, length) in enumerate(sorted(by_bucket.items()), start=1):
+            started = time.perf_counter()
+            context = torch.zeros(batch_size, num_variates, length)
+            self.predict(context, prediction_length, num_samples, samples_per_batch)
+            seconds = time.perf_counter() - started
+            report.append((length, capacity, seconds))
+            if show_progress:
+                print(
+                    f"toto warmup: bucket {index}/{len(by_bucket)} (context {length}, capacity {capacity} patches) "
+                    f"ready in {seconds:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return report
 
     def unload(self) -> None:
         """Free the model, its decode buffers and compiled graphs' caches."""
@@ -274,9 +338,9 @@ class TotoPipeline:
         return nullcontext() if seed is None else _seeded(seed, self.device)
 
     def _autocast(self):
-        if self.amp_dtype is None or self.device.type != "cuda":
+        if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 @contextmanager
@@ -337,9 +401,10 @@ def _is_1d(value: Any) -> bool:
 
 def _as_float_tensor(value: Any, name: str) -> Tensor:
     try:
-        tensor = torch.as_tensor(np.asarray(value, dtype=np.float32) if not isinstance(value, Tensor) else value)
+        tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be numeric, got {type(value).__name__} ({err})") from err
     if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
         raise TypeError(f"{name} must be numeric, got dtype {tensor.dtype}")
+    check_representable(tensor, torch.float32, name)
     return tensor.detach().to(device="cpu", dtype=torch.float32)

@@ -8,3 +8,22 @@ def check_int(name: str, value: object, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def check_representable(values: "torch.Tensor", dtype: "torch.dtype", name: str) -> None:
+    """Raise ``ValueError`` naming the first finite value of ``values`` that overflows ``dtype``.
+
+    Casting such a value gives ±inf, which would otherwise be reported as if the
+    input itself held an infinity.
+    """
+    import torch
+
+    if not values.is_floating_point() or torch.finfo(values.dtype).max <= torch.finfo(dtype).max:
+        return
+    too_big = torch.isfinite(values) & (values.abs() > torch.finfo(dtype).max)  # NaN, ±inf: reported elsewhere
+    if too_big.any():
+        where = tuple(too_big.nonzero()[0].tolist())
+        raise ValueError(
+            f"{name}: the value {values[where].item():.6g} at index {where} overflows {dtype} "
+            f"(largest {torch.finfo(dtype).max:.4g}), the dtype the model reads; rescale the series"
+        )

@@ -1,10 +1,11 @@
 """``toto-compiled check``: eager and compiled forecasting side by side, then a TEST SUMMARY.
 
 Checks that the compiled path gives the same numbers as eager (mean path, and
-sample accuracy at equal seeds), is not slower, and stays healthy: no graph
-breaks, no recompiles in steady state (run under ``fail_on_recompile``), no
-CUDA-graph skips. Without ``--model`` it loads the published architecture with
-random weights, which checks equivalence and speed, not forecast quality.
+sample accuracy at equal seeds), is not slower on CUDA (on a CPU the speed-up is
+reported, not judged), and stays healthy: no graph breaks, no recompiles in
+steady state (run under ``fail_on_recompile``), no CUDA-graph skips. Without
+``--model`` it loads the published architecture with random weights, which
+checks equivalence and speed, not forecast quality.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import argparse
 import math
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +34,7 @@ from .common import add_device_argument, describe, device_unavailable, sync
 
 MEAN_PATH_BOUND = 1e-4  # max relative difference, float32; compiled code reorders reductions
 MAE_BOUND = 0.10  # relative; inductor draws its own random numbers, so samples differ at equal seeds
-MIN_SPEEDUP = {"cpu": 0.75, "cuda": 1.0}  # on CPU a batched step is compute-bound: not slower, within noise
+MIN_CUDA_SPEEDUP = 1.0  # on CPU a batched step is compute-bound: compiling promises no speed-up, so none is judged
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,11 @@ class Scenario:
     context: int
     horizon: int
     num_samples: int
-    repeats: int  # timed calls after the first
+    repeats: int  # timed later calls of each forecaster, interleaved; the minimum is reported
 
 
-QUICK = Scenario(context=512, horizon=192, num_samples=64, repeats=3)
-THOROUGH = Scenario(context=2048, horizon=512, num_samples=256, repeats=3)
+QUICK = Scenario(context=512, horizon=192, num_samples=64, repeats=5)
+THOROUGH = Scenario(context=2048, horizon=512, num_samples=256, repeats=5)
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,10 @@ class Row:
 
 
 @dataclass
-class RunResult:
+class FirstRuns:
     mean: Tensor
     samples: Tensor
     first_s: float  # the first mean-path and the first sampled call: includes compiling both steps
-    later_s: float
     peak_mib: float | None
 
 
@@ -130,10 +129,10 @@ def masked(series: Tensor, device: str) -> MaskedTimeseries:
     return masked_timeseries(series.reshape(1, 1, -1).to(device))
 
 
-def timed_runs(
+def first_runs(
     label: str, forecaster: TotoForecaster, inputs: MaskedTimeseries, scenario: Scenario, device: str, seed: int
-) -> RunResult:
-    """The mean path once, then ``1 + repeats`` sampled calls at the same seed."""
+) -> FirstRuns:
+    """The first mean-path call and the first sampled call (compiling both decode steps, when compiled)."""
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -141,19 +140,41 @@ def timed_runs(
     mean = forecaster.forecast(inputs, scenario.horizon).mean
     mean_s = time.perf_counter() - start
     print(f"{label}: mean path {mean_s:.2f} s", file=sys.stderr, flush=True)
-    times, samples = [], None
-    for call in range(1 + scenario.repeats):
-        torch.manual_seed(seed)
-        sync(device)
-        start = time.perf_counter()
-        samples = forecaster.forecast(
-            inputs, scenario.horizon, num_samples=scenario.num_samples, samples_per_batch=scenario.num_samples
-        ).samples
-        sync(device)
-        times.append(time.perf_counter() - start)
-        print(f"{label}: sampled call {call + 1}/{1 + scenario.repeats} {times[-1]:.2f} s", file=sys.stderr, flush=True)
+    samples, sampled_s = sampled_call(forecaster, inputs, scenario, device, seed)
+    print(f"{label}: first sampled call {sampled_s:.2f} s", file=sys.stderr, flush=True)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    return RunResult(mean.cpu(), samples.cpu(), mean_s + times[0], statistics.median(times[1:]), peak)
+    return FirstRuns(mean.cpu(), samples.cpu(), mean_s + sampled_s, peak)
+
+
+def sampled_call(
+    forecaster: TotoForecaster, inputs: MaskedTimeseries, scenario: Scenario, device: str, seed: int
+) -> tuple[Tensor, float]:
+    """One sampled forecast at ``seed``: its samples and its wall-clock seconds."""
+    torch.manual_seed(seed)
+    sync(device)
+    start = time.perf_counter()
+    samples = forecaster.forecast(
+        inputs, scenario.horizon, num_samples=scenario.num_samples, samples_per_batch=scenario.num_samples
+    ).samples
+    sync(device)
+    return samples, time.perf_counter() - start
+
+
+def later_call_times(
+    forecasters: dict[str, TotoForecaster], inputs: MaskedTimeseries, scenario: Scenario, device: str, seed: int
+) -> dict[str, float]:
+    """The fastest of ``scenario.repeats`` later sampled calls of each forecaster.
+
+    Calls alternate between forecasters, so that a change in machine load hits both
+    alike; the minimum is the least noisy estimate of what a call costs.
+    """
+    times: dict[str, list[float]] = {label: [] for label in forecasters}
+    for repeat in range(scenario.repeats):
+        for label, forecaster in forecasters.items():
+            seconds = sampled_call(forecaster, inputs, scenario, device, seed)[1]
+            times[label].append(seconds)
+            print(f"{label}: later call {repeat + 1}/{scenario.repeats} {seconds:.2f} s", file=sys.stderr, flush=True)
+    return {label: min(seconds) for label, seconds in times.items()}
 
 
 def steady_state(compiled: TotoForecaster, series: Tensor, scenario: Scenario, device: str) -> tuple[CompileStats, str]:
@@ -187,10 +208,11 @@ def compare(eager: TotoForecaster, compiled: TotoForecaster, scenario: Scenario,
     series, future = full[: scenario.context], full[scenario.context :]
     inputs = masked(series, device)
     with torch.no_grad():
-        plain = timed_runs("eager", eager, inputs, scenario, device, seed)
+        plain = first_runs("eager", eager, inputs, scenario, device, seed)
         before = snapshot()
-        fast = timed_runs("compiled", compiled, inputs, scenario, device, seed)
-        warm = snapshot() - before
+        fast = first_runs("compiled", compiled, inputs, scenario, device, seed)
+        later = later_call_times({"eager": eager, "compiled": compiled}, inputs, scenario, device, seed)
+        warm = snapshot() - before  # the later calls too: a recompile there is counted (eager compiles nothing)
         steady, steady_error = steady_state(compiled, series, scenario, device)
 
     rows = [
@@ -204,13 +226,12 @@ def compare(eager: TotoForecaster, compiled: TotoForecaster, scenario: Scenario,
     mae_diff = abs(mae_compiled - mae_eager) / mae_eager
     rows.append(Row("sample MAE vs held-out, same seed", f"{mae_eager:.4g}", f"{mae_compiled:.4g}",
                     _verdict(mae_diff <= MAE_BOUND), f"differ by {mae_diff:.1%}, <= {MAE_BOUND:.0%}"))
-    speedup = plain.later_s / fast.later_s
-    rows.append(Row(f"later call, s (median of {scenario.repeats})", f"{plain.later_s:.3f}", f"{fast.later_s:.3f}",
-                    _verdict(speedup >= MIN_SPEEDUP[device]), f"speed-up {speedup:.2f}x, >= {MIN_SPEEDUP[device]}x"))
+    rows.append(speed_row(later["eager"], later["compiled"], scenario.repeats, device))
     rows.append(Row("first calls incl. compile (mean + sampled), s", f"{plain.first_s:.2f}", f"{fast.first_s:.2f}", "info"))
     breaks = warm.graph_breaks + steady.graph_breaks
     rows.append(Row("graph breaks", "-", str(breaks), _verdict(breaks == 0)))
-    rows.append(Row("graphs compiled (warm-up)", "-", str(warm.graphs), "info", "one per decode-step kind"))
+    what = "prefill, draws and decode steps" if compiled.compile_settings.compile_prefill else "one per decode-step kind"
+    rows.append(Row("graphs compiled (warm-up)", "-", str(warm.graphs), "info", what))
     new = steady.recompiles + steady.graphs
     rows.append(Row("recompiles + new graphs (steady state)", "-", str(new), _verdict(new == 0 and not steady_error),
                     steady_error or "same calls again and a shorter context, fail_on_recompile"))
@@ -221,6 +242,16 @@ def compare(eager: TotoForecaster, compiled: TotoForecaster, scenario: Scenario,
     else:
         rows.append(Row("peak memory (process RSS), MiB", "-", f"{_peak_rss_mib():.0f}", "info", "eager and compiled together"))
     return rows
+
+
+def speed_row(eager_s: float, compiled_s: float, repeats: int, device: str) -> Row:
+    """Later-call times and the speed-up: judged on CUDA, only reported on a CPU."""
+    name = f"later call, s (min of {repeats}, interleaved)"
+    speedup = eager_s / compiled_s
+    times = (f"{eager_s:.3f}", f"{compiled_s:.3f}")
+    if device == "cuda":
+        return Row(name, *times, _verdict(speedup >= MIN_CUDA_SPEEDUP), f"speed-up {speedup:.2f}x, >= {MIN_CUDA_SPEEDUP}x")
+    return Row(name, *times, "info", f"speed-up {speedup:.2f}x (not judged on CPU: compute-bound at this size)")
 
 
 def summary(rows: list[Row], scenario: Scenario, device: str, mode: str, model_note: str, seed: int) -> str:

@@ -1,17 +1,21 @@
 """Decode state: prefill a context once, copy it into every sample row, then append one patch per step.
 
-All decoding state lives in preallocated buffers (:class:`DecodeBuffers`) that
-:func:`decode_step` updates in place: the KV cache, the running float64 scaler
-sums, the newest patch and the write position (a 0-d device tensor). The step
-therefore has static shapes, reads nothing back to the host and re-binds no
-tensor, so it compiles to one graph that CUDA graphs can replay; buffers are
-marked as static addresses for that reason. How many patches the cache holds
-is host bookkeeping, done by the caller through ``KVCache.advance``.
+All decoding state lives in preallocated buffers that the functions here update
+in place: the KV cache, the running float64 scaler sums, the newest patch, the
+write position (a 0-d device tensor) and, for a context, the next patch's
+distribution. Every function is a tensor function with static shapes that reads
+nothing back to the host and re-binds no tensor, so each compiles to one graph
+that CUDA graphs can replay; buffers are marked as static addresses for that
+reason. How many patches a cache holds is host bookkeeping, done by the caller
+(``KVCache.length``).
+
+One call is: :func:`prefill` (context rows), then for sampling :func:`share_context`
+once and :func:`begin` per sample batch, then :func:`decode_step` per patch.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -29,10 +33,13 @@ class DecodeBuffers(NamedTuple):
     scaler: ScalerState
     last_ids: Int[Tensor, "rows variate"]  # id of the newest patch; decoded patches inherit it
     position: Int[Tensor, ""]  # cache slot the next patch is written to
-    patch: Float[Tensor, "rows variate patch"]  # newest patch: input of the next step, output of the last
+    patch: Float[Tensor, "rows variate patch"]  # newest patch (data space): input of the next step, output of the last
 
     @classmethod
-    def allocate(cls, model: TotoBackbone, rows: int, variates: int, capacity: int, dtype, device) -> "DecodeBuffers":
+    def allocate(
+        cls, model: TotoBackbone, rows: int, variates: int, capacity: int, data_dtype: torch.dtype, device
+    ) -> "DecodeBuffers":
+        """Buffers for ``rows`` series; the cache in the model's dtype, the patch in ``data_dtype``."""
         cache = KVCache(
             model.transformer.num_time_layers,
             rows=rows * variates,
@@ -40,7 +47,7 @@ class DecodeBuffers(NamedTuple):
             head_dim=model.config.head_dim,
             capacity=capacity,
             device=device,
-            dtype=dtype,
+            dtype=model.unembed.weight.dtype,
         )
         stats = ScalerState(*(torch.zeros(rows, variates, dtype=torch.float64, device=device) for _ in range(5)))
         buffers = cls(
@@ -48,86 +55,125 @@ class DecodeBuffers(NamedTuple):
             scaler=stats,
             last_ids=torch.zeros(rows, variates, dtype=torch.long, device=device),
             position=torch.zeros((), dtype=torch.long, device=device),
-            patch=torch.zeros(rows, variates, model.patch_size, dtype=dtype, device=device),
+            patch=torch.zeros(rows, variates, model.patch_size, dtype=data_dtype, device=device),
         )
-        for tensor in buffers.tensors():
-            torch._dynamo.mark_static_address(tensor)
+        mark_static(buffers.tensors())
         return buffers
+
+    @property
+    def rows(self) -> int:
+        return self.last_ids.shape[0]
 
     def tensors(self) -> list[Tensor]:
         return [*self.cache.tensors(), *self.scaler, self.last_ids, self.position, self.patch]
 
 
-class Prefilled(NamedTuple):
-    """A context encoded once: the next patch's distribution and what every sample row starts from."""
+class NextPatch(NamedTuple):
+    """The next patch's distribution: mixture parameters ``[rows, variate, patch, k]`` and the affine map."""
 
-    distribution: AffineTransformed
-    scaler: ScalerState
-    last_ids: Int[Tensor, "batch variate"]
-    num_patches: int
+    df: Tensor
+    loc: Tensor
+    scale: Tensor
+    logits: Tensor
+    affine_loc: Float[Tensor, "rows variate 1"]
+    affine_scale: Float[Tensor, "rows variate 1"]
+
+    def distribution(self) -> AffineTransformed:
+        mixture = MixtureOfStudentT(self.df, self.loc, self.scale, self.logits)
+        return AffineTransformed(mixture, self.affine_loc, self.affine_scale)
 
 
-def encode_context(
-    model: TotoBackbone,
-    series: Float[Tensor, "batch variate time"],
-    observed: Bool[Tensor, "batch variate time"],
-    id_mask: Int[Tensor, "batch variate time"],
-    cache: KVCache,
-    positions: Int[Tensor, " patches"],
-) -> tuple[Tensor, ...]:
-    """The compilable core of :func:`prefill`: tensors in, tensors out, ``cache`` written in place.
+class ContextBuffers(NamedTuple):
+    """A prefilled context: its decode state (one row per series) and the first patch's distribution."""
 
-    Returns the next patch's mixture parameters (df, loc, scale, logits), its
-    affine loc and scale, the five scaler-state tensors and the last patch's ids.
-    """
-    scaled, loc, scale, stats = model.scaler(series, observed, prefix_length=series.shape[-1])
-    ids = model.id_patches(id_mask, series)
-    mixture = model.head(model.encode(scaled, ids, positions, cache)[:, :, -1:])
-    return (mixture.df, mixture.loc, mixture.scale, mixture.logits, loc[..., -1:], scale[..., -1:], *stats, ids[..., -1])
+    state: DecodeBuffers
+    head: NextPatch
+
+    @classmethod
+    def allocate(
+        cls, model: TotoBackbone, rows: int, variates: int, capacity: int, data_dtype: torch.dtype, device
+    ) -> "ContextBuffers":
+        state = DecodeBuffers.allocate(model, rows, variates, capacity, data_dtype, device)
+        mixture_shape = (rows, variates, model.patch_size, model.config.k_components)
+        head = NextPatch(
+            *(torch.ones(mixture_shape, dtype=data_dtype, device=device) for _ in range(4)),
+            *(torch.ones(rows, variates, 1, dtype=data_dtype, device=device) for _ in range(2)),
+        )
+        mark_static(head)
+        return cls(state, head)
+
+    def tensors(self) -> list[Tensor]:
+        return [*self.state.tensors(), *self.head]
+
+
+def mark_static(tensors) -> None:
+    for tensor in tensors:
+        torch._dynamo.mark_static_address(tensor)
 
 
 def prefill(
     model: TotoBackbone,
+    context: ContextBuffers,
     series: Float[Tensor, "batch variate time"],
     observed: Bool[Tensor, "batch variate time"],
-    id_mask: Int[Tensor, "batch variate time"],
-    cache: KVCache,
-    encode: Callable[..., tuple[Tensor, ...]] = encode_context,
-) -> Prefilled:
-    """Encode a padded context into ``cache`` (one row per series and variate).
+    id_patches: Int[Tensor, "batch variate patches"],
+    last: Int[Tensor, ""],
+) -> None:
+    """Encode a context into ``context``: its cache slots, scaler state, position and next patch.
 
-    ``encode`` is :func:`encode_context` or a compiled version of it.
+    ``series`` may run past its last real patch ``last`` (a device tensor), padded on the
+    right, so that contexts of different lengths share one static shape. That is exact:
+    time attention and the scaler are causal, so real patches never see the padding;
+    padded steps are unobserved, so they add nothing to the scaler's sums or its global
+    clamp; the xPos centring is taken from ``last``; and decoding overwrites the padded
+    cache slots from ``last + 1`` on, hiding them by position until then. The patch buffer
+    receives the next patch's mean, the start of the mean path.
     """
-    num_patches = series.shape[-1] // model.patch_size
-    cache.reset()
-    # Cloned: a CUDA graph's outputs are overwritten by its next replay.
-    outputs = [t.clone() for t in encode(model, series, observed, id_mask, cache, cache.reserve(num_patches))]
-    df, mixture_loc, mixture_scale, logits, loc, scale, *stats, last_ids = outputs
-    distribution = AffineTransformed(MixtureOfStudentT(df, mixture_loc, mixture_scale, logits), loc, scale)
-    return Prefilled(distribution, ScalerState(*stats), last_ids, num_patches)
+    patch = model.patch_size
+    scaled, loc, scale, stats = model.scaler(series, observed)
+    positions = torch.arange(id_patches.shape[-1], device=series.device)
+    hidden = model.encode(scaled, id_patches, positions, context.state.cache, last)
+    at_last = last.reshape(1)
+    mixture = model.head(hidden.index_select(2, at_last))
+    end = (at_last + 1) * patch - 1  # the last real step, whose statistics scale the next patch
+    head = NextPatch(
+        mixture.df, mixture.loc, mixture.scale, mixture.logits, loc.index_select(-1, end), scale.index_select(-1, end)
+    )
+    for dst, src in zip(context.head, head):
+        dst.copy_(src)
+    state = context.state
+    for dst, src in zip(state.scaler, stats):
+        dst.copy_(src)
+    state.last_ids.copy_(id_patches.index_select(-1, at_last).squeeze(-1))
+    state.position.copy_(last + 1)
+    state.patch.copy_(next_patch(head.distribution(), sample=False))
 
 
-def share_context(buffers: DecodeBuffers, context: KVCache, num_patches: int) -> None:
-    """Copy the first ``num_patches`` cache slots of ``context`` into every sample block of ``buffers``.
+def share_context(buffers: DecodeBuffers, context: ContextBuffers, slots: int) -> None:
+    """Copy the first ``slots`` cache slots of the context into every sample block of ``buffers``.
 
-    Decoding never writes below ``num_patches``, so this is needed once per call.
+    Rows are laid out (sample, series). ``slots`` is the prefill's (padded) width, fixed
+    per capacity bucket when compiled. Decoding never writes below the context, so this
+    is needed once per call.
     """
-    for dst, src in zip(buffers.cache.tensors(), context.tensors()):
-        dst[:, :, :num_patches].unflatten(0, (-1, src.shape[0])).copy_(src[:, :, :num_patches].unsqueeze(0))
+    for dst, src in zip(buffers.cache.tensors(), context.state.cache.tensors()):
+        dst[:, :, :slots].unflatten(0, (-1, src.shape[0])).copy_(src[:, :, :slots].unsqueeze(0))
 
 
-def start(buffers: DecodeBuffers, prefilled: Prefilled, first_patch: Float[Tensor, "rows variate patch"]) -> None:
-    """Reset ``buffers`` to just after the context, with ``first_patch`` as the newest patch.
+def begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
+    """Start a sample batch: every row at the end of its context, its first patch drawn."""
+    batch = context.state.rows
+    repeats = buffers.rows // batch
+    for dst, src in zip(buffers.scaler, context.state.scaler):
+        dst.unflatten(0, (repeats, batch)).copy_(src)
+    buffers.last_ids.unflatten(0, (repeats, batch)).copy_(context.state.last_ids)
+    buffers.position.copy_(context.state.position)
+    buffers.patch.copy_(draw(context, repeats))
 
-    Rows are laid out (sample, series), samples outermost.
-    """
-    batch = prefilled.last_ids.shape[0]
-    for dst, src in zip(buffers.scaler, prefilled.scaler):
-        dst.unflatten(0, (-1, batch)).copy_(src)
-    buffers.last_ids.unflatten(0, (-1, batch)).copy_(prefilled.last_ids)
-    buffers.position.fill_(prefilled.num_patches)
-    buffers.patch.copy_(first_patch)
-    buffers.cache.length = prefilled.num_patches
+
+def draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_batch variate patch"]:
+    """``count`` draws of the context's next patch, rows laid out (draw, series)."""
+    return next_patch(context.head.distribution(), sample=True, draws=(count,)).flatten(0, 1)
 
 
 def next_patch(distribution: AffineTransformed, sample: bool, draws: tuple[int, ...] = ()) -> Tensor:

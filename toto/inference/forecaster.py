@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from jaxtyping import Float
+import torch.nn.functional as F
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..compile import CompiledFunction, CompileSettings
-from ..data.util.dataset import MaskedTimeseries, fill_missing, pad_array, pad_id_mask
+from ..compile_cache import CompileCache
+from ..data.util.dataset import MaskedTimeseries, fill_missing, padded_length
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
-from ..validation import check_int
-from .decoding import DecodeBuffers, encode_context, mean_step, next_patch, prefill, sample_step, share_context, start
+from ..validation import check_int, check_representable
+from .memory import check_memory, pooled_bytes
+from .decoding import (
+    ContextBuffers,
+    DecodeBuffers,
+    begin,
+    draw,
+    mean_step,
+    next_patch,
+    prefill,
+    sample_step,
+    share_context,
+)
 
 # KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
 # varying length share buffers and compiled graphs: one graph per bucket.
@@ -74,10 +88,15 @@ class TotoForecaster:
     buffers are allocated per (rows, variates, capacity bucket, dtype, device)
     and reused across calls.
 
-    ``torch_compile`` compiles the decode step (``None``: read ``TOTO_COMPILE``);
+    ``torch_compile`` compiles the decode steps (``None``: read ``TOTO_COMPILE``);
     ``compile_mode``/``compile_backend`` as in ``torch.compile`` (``None``:
     ``TOTO_COMPILE_MODE``, else ``reduce-overhead`` on CUDA and ``default`` on CPU).
-    ``compile_prefill`` also compiles the context encoding (off by default).
+    ``compile_prefill`` also compiles the rest of the call: a static-shape prefill and
+    the first-patch draw (``None``: on for CUDA, off for CPU). ``compile_cache_dir``
+    keeps compiled artifacts across processes (``None``: ``TOTO_COMPILE_CACHE``, else none).
+
+    A bfloat16 or float16 model takes and returns float32 data; the scaler's
+    statistics are float64 whatever the model's dtype.
     """
 
     def __init__(
@@ -87,17 +106,26 @@ class TotoForecaster:
         torch_compile: bool | None = None,
         compile_mode: str | None = None,
         compile_backend: str | None = None,
-        compile_prefill: bool = False,
+        compile_prefill: bool | None = None,
+        compile_cache_dir: str | os.PathLike | None = None,
     ):
         self.model = model.eval()
         self.compile_settings = CompileSettings.resolve(
             torch_compile, compile_mode, compile_backend, model.device, compile_prefill
         )
-        self._encode = CompiledFunction(encode_context, self.compile_settings.for_prefill(), dynamic=True)
+        per_call = self.compile_settings.for_prefill()
+        # Static shapes: one graph per (rows, variates, capacity) or draw count, never a dynamic one.
+        self._prefill = CompiledFunction(prefill, per_call, dynamic=False)
+        self._share = CompiledFunction(share_context, per_call, dynamic=False)
+        self._begin = CompiledFunction(begin, per_call, dynamic=False)
+        self._draw = CompiledFunction(draw, per_call, dynamic=False)
         self._steps = {
             True: CompiledFunction(sample_step, self.compile_settings),
             False: CompiledFunction(mean_step, self.compile_settings),
         }
+        self._compile_cache = CompileCache.resolve(compile_cache_dir) if self.compile_settings.enabled else None
+        if self._compile_cache is not None:
+            self._compile_cache.load()
         self._buffers: OrderedDict[tuple, DecodeBuffers] = OrderedDict()
         # Buffers and compiled graphs are shared by every call: one forecast at a time.
         self._lock = threading.RLock()
@@ -113,7 +141,12 @@ class TotoForecaster:
         return next((fn.error for fn in self._compiled_functions() if fn.error), None)
 
     def _compiled_functions(self) -> list[CompiledFunction]:
-        return [self._encode, *self._steps.values()]
+        return [self._prefill, self._share, self._begin, self._draw, *self._steps.values()]
+
+    def capacity_for(self, context_length: int, prediction_length: int) -> int:
+        """KV-cache capacity (patches) of a call: its buffers' and compiled graphs' bucket."""
+        patch = self.model.patch_size
+        return bucket_capacity(-(-context_length // patch) + -(-prediction_length // patch) - 1)
 
     def clear_buffers(self) -> None:
         """Free the decode buffers kept for reuse."""
@@ -143,7 +176,11 @@ class TotoForecaster:
         if inputs.num_exogenous_variables:
             raise NotImplementedError("num_exogenous_variables > 0 (exogenous inputs) is not supported")
         with self._lock:
-            return self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
+            graphs_before = compiled_graph_count()
+            forecast = self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
+            if self._compile_cache is not None and compiled_graph_count() != graphs_before:
+                self._compile_cache.save()  # something new was compiled: keep it for the next process
+            return forecast
 
     def _forecast(
         self,
@@ -155,9 +192,25 @@ class TotoForecaster:
         progress: Callable[[int, int], None] | None,
     ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
-        num_steps = -(-prediction_length // self.model.patch_size)
+        patch = self.model.patch_size
+        num_steps = -(-prediction_length // patch)
+        batch, variates, length = series.shape
+        check_memory(
+            self.model,
+            batch=batch,
+            variates=variates,
+            context_patches=-(-length // patch),
+            prediction_length=prediction_length,
+            num_samples=num_samples,
+            samples_per_batch=samples_per_batch,
+            dtype=self._data_dtype(),
+            device=self.model.device,
+            use_kv_cache=use_kv_cache,
+            reusable_bytes=pooled_bytes(self._buffers.values()),
+        )
 
         if not use_kv_cache:
+            series, observed, ids = self._stage(series, observed, ids, -(-length // patch))
             chunks = [None] if num_samples is None else [
                 min(samples_per_batch, num_samples - done) for done in range(0, num_samples, samples_per_batch)
             ]
@@ -167,10 +220,16 @@ class TotoForecaster:
         if num_samples is None:
             return Forecast(mean=paths[..., :prediction_length], samples=None)
         # Rows are laid out (sample, series); put samples last.
-        samples = paths.unflatten(0, (-1, series.shape[0]))[..., :prediction_length].permute(1, 2, 3, 0)
+        samples = paths.unflatten(0, (-1, batch))[..., :prediction_length].permute(1, 2, 3, 0)
         return Forecast(mean=samples.mean(dim=-1), samples=samples)
 
+    def _data_dtype(self) -> torch.dtype:
+        """Inputs, scaler outputs and forecasts: the model's dtype, but at least float32."""
+        dtype = self.model.unembed.weight.dtype
+        return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
     def _prepare(self, inputs: MaskedTimeseries) -> tuple[Tensor, Tensor, Tensor]:
+        """Validated ``(series, observed, ids)``, ``[batch, variate, time]``, NaN filled and masked, on the model's device."""
         series = torch.as_tensor(inputs.series)
         if series.ndim not in (2, 3):
             raise ValueError(f"inputs.series must be [variate, time] or [batch, variate, time], got shape {tuple(series.shape)}")
@@ -181,17 +240,33 @@ class TotoForecaster:
             series, observed, ids = series[None], observed[None], ids[None]
         if observed.shape != series.shape:
             raise ValueError(f"inputs.padding_mask has shape {tuple(observed.shape)}, expected {tuple(series.shape)}")
-        ids = ids.expand_as(series)
         series, observed = mask_missing(series, observed.to(torch.bool))
-        param = next(self.model.parameters())
+        dtype = self._data_dtype()
+        check_representable(series, dtype, "inputs.series")
+        series = series.to(device=self.model.device, dtype=dtype)
+        return series, observed.to(device=series.device), ids.to(device=series.device).expand_as(series)
+
+    def _stage(
+        self, series: Tensor, observed: Tensor, ids: Tensor, num_patches: int
+    ) -> tuple[Tensor, Tensor, Int[Tensor, "batch variate patches"]]:
+        """Pad to ``num_patches`` whole patches: on the left to the patch size, the rest on the right.
+
+        Left padding is upstream's (zeros, unobserved, the left-edge id); right padding is
+        unobserved zeros that causal attention and the causal scaler never let a real patch
+        see. Returns one id per patch.
+        """
         patch = self.model.patch_size
-        series = pad_array(series.to(device=param.device, dtype=param.dtype), patch)
-        observed = pad_array(observed.to(device=param.device, dtype=torch.bool), patch)
-        ids = pad_id_mask(ids.to(device=param.device), patch)
+        length = series.shape[-1]
+        left = padded_length(length, patch) - length
+        sides = (left, num_patches * patch - length - left)
+        series, observed = F.pad(series, sides), F.pad(observed, sides)
+        if left:
+            ids = torch.cat((ids[..., :1].expand(*ids.shape[:-1], left), ids), dim=-1)
         per_patch = ids.unflatten(-1, (-1, patch))
-        if (per_patch.amin(-1) != per_patch.amax(-1)).any():
+        id_patches = per_patch.amin(-1)
+        if (id_patches != per_patch.amax(-1)).any():
             raise ValueError("inputs.id_mask changes inside a patch; ids may only change at patch boundaries")
-        return series, observed, ids
+        return series, observed, F.pad(id_patches, (0, sides[1] // patch))
 
     def _decode(
         self,
@@ -209,27 +284,33 @@ class TotoForecaster:
         compiled graph serves them all.
         """
         batch, variates, length = series.shape
-        num_context = length // self.model.patch_size
+        num_context = -(-length // self.model.patch_size)
         sample = num_samples is not None
-        capacity = bucket_capacity(num_context + num_steps - 1)
-        # The context is encoded into the one-row-per-series buffers; the mean path decodes there too.
-        context = self._buffers_for(batch, variates, capacity, series)
-        prefilled = prefill(self.model, series, observed, ids, context.cache, self._encode)
+        capacity = self.capacity_for(length, num_steps * self.model.patch_size)
+        context = self._buffers_for(ContextBuffers, batch, variates, capacity)
+        # Compiled, the context is padded to the whole capacity: one static shape per bucket.
+        staged = self._stage(series, observed, ids, capacity if self._prefill.active else num_context)
+        last = torch.tensor(num_context - 1, device=series.device)
+        context.state.cache.length = num_context
+        self._prefill(self.model, context, *staged, last)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
             if progress is not None:
                 progress(1, 1)
-            return next_patch(prefilled.distribution, sample, (num_samples,) if sample else ()).flatten(0, -3)
-        repeats = 1 if num_samples is None else min(per_batch, num_samples)
-        buffers = context
-        if repeats > 1:
-            buffers = self._buffers_for(batch * repeats, variates, capacity, series)
-            share_context(buffers, context.cache, prefilled.num_patches)
+            return self._draw(context, num_samples).clone() if sample else context.state.patch.clone()
+        if sample:
+            repeats = min(per_batch, num_samples)
+            buffers = self._buffers_for(DecodeBuffers, batch * repeats, variates, capacity)
+            self._share(buffers, context, staged[2].shape[-1])  # the slots prefill wrote
+        else:
+            buffers = context.state
         step = self._steps[sample]
         num_batches = 1 if num_samples is None else -(-num_samples // repeats)
         paths = []
         for batch_index in range(num_batches):
-            patches = [next_patch(prefilled.distribution, sample, (repeats,) if sample else ()).flatten(0, -3)]
-            start(buffers, prefilled, patches[0])
+            if sample:
+                self._begin(buffers, context)
+            buffers.cache.length = num_context
+            patches = [buffers.patch.clone()]
             for step_index in range(1, num_steps):
                 buffers.cache.advance(1)
                 step(self.model, buffers)
@@ -237,22 +318,23 @@ class TotoForecaster:
                 if progress is not None:
                     progress(batch_index * (num_steps - 1) + step_index, num_batches * (num_steps - 1))
             paths.append(torch.cat(patches, dim=-1))
-        return torch.cat(paths)[: batch * (num_samples or 1)]
+        return (torch.cat(paths) if len(paths) > 1 else paths[0])[: batch * (num_samples or 1)]
 
-    def _buffers_for(self, rows: int, variates: int, capacity: int, like: Tensor) -> DecodeBuffers:
-        key = (rows, variates, capacity, like.dtype, like.device)
+    def _buffers_for(self, kind: type, rows: int, variates: int, capacity: int) -> ContextBuffers | DecodeBuffers:
+        key = (kind, rows, variates, capacity, self._data_dtype(), self.model.device)
         if key in self._buffers:
             self._buffers.move_to_end(key)
         else:
             if len(self._buffers) >= MAX_BUFFER_SETS:
                 self._buffers.popitem(last=False)
-            self._buffers[key] = DecodeBuffers.allocate(self.model, rows, variates, capacity, like.dtype, like.device)
+            self._buffers[key] = kind.allocate(self.model, rows, variates, capacity, *key[-2:])
         return self._buffers[key]
 
     def _decode_without_cache(
-        self, series: Tensor, observed: Tensor, ids: Tensor, num_steps: int, sample_rows: int | None
+        self, series: Tensor, observed: Tensor, id_patches: Tensor, num_steps: int, sample_rows: int | None
     ) -> Tensor:
         """Re-encode the whole grown series every step (upstream's ``use_kv_cache=False``)."""
+        ids = id_patches.repeat_interleave(self.model.patch_size, dim=-1)
         if sample_rows is not None:
             series, observed, ids = (t.repeat(sample_rows, 1, 1) for t in (series, observed, ids))
         prefix_length = series.shape[-1]
@@ -268,6 +350,11 @@ class TotoForecaster:
             observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
             ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
         return torch.cat(patches, dim=-1)
+
+
+def compiled_graph_count() -> int:
+    """Graphs dynamo has compiled in this process (a cheap counter read)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def mask_missing(

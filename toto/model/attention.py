@@ -23,7 +23,8 @@ class _Attention(nn.Module):
         # The checkpoint orders the fused projection as (qkv, head_dim, heads):
         # heads vary fastest, unlike the output projection's (heads, head_dim).
         qkv = self.wQKV(x).unflatten(-1, (3, self.head_dim, self.num_heads))
-        q, k, v = qkv.permute(2, 0, 4, 1, 3).unbind(0)  # each [rows, heads, seq, head_dim]
+        # Contiguous head_dim: with a strided one, SDPA on CPU falls back to its math kernel (about 5x slower).
+        q, k, v = (t.contiguous() for t in qkv.permute(2, 0, 4, 1, 3).unbind(0))  # each [rows, heads, seq, head_dim]
         return q, k, v
 
     def _out(self, y: Float[Tensor, "rows heads seq head_dim"]) -> Float[Tensor, "rows seq embed"]:

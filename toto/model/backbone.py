@@ -69,9 +69,14 @@ class TotoBackbone(nn.Module):
         id_patches: Int[Tensor, "batch variate patches"],
         positions: Int[Tensor, " patches"],
         cache: KVCache | None = None,
+        last: Int[Tensor, ""] | None = None,
     ) -> Float[Tensor, "batch variate patches embed"]:
-        """Run scaled patches through the transformer at time ``positions`` (writing ``cache``)."""
-        return self.transformer(self.patch_embed(scaled), id_patches, positions, cache)
+        """Run scaled patches through the transformer at time ``positions`` (writing ``cache``).
+
+        ``last``: the last real position, when the patches after it are padding.
+        """
+        embedded = self.patch_embed(scaled.to(self.unembed.weight.dtype))
+        return self.transformer(embedded, id_patches, positions, cache, last)
 
     def head(self, hidden: Float[Tensor, "batch variate patches embed"]) -> MixtureOfStudentT:
         """Per-step mixture for the patch *after* each input patch, in the scaled space."""

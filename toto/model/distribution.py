@@ -1,8 +1,9 @@
 """The output head: a mixture of Student-T distributions, and an affine wrapper.
 
 Sampling never calls ``torch.multinomial`` or reads values back to the host:
-the component is chosen by Gumbel-max over the logits, and a Student-T draw is
-``normal / sqrt(chi2(df) / df)`` with ``chi2 = 2 * Gamma(df / 2)``.
+the component is chosen by inverse CDF (one uniform per draw against the
+cumulative mixture weights), and a Student-T draw is ``normal / sqrt(chi2(df) /
+df)`` with ``chi2 = 2 * Gamma(df / 2)``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class MixtureOfStudentT(Distribution):
     has_rsample = False
 
     def __init__(self, df: Tensor, loc: Tensor, scale: Tensor, logits: Tensor):
+        # Means and draws in at least float32: a bfloat16 uniform has 8 bits, too coarse to sample with.
+        df, loc, scale, logits = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (df, loc, scale, logits))
         self.df, self.loc, self.scale, self.logits = df, loc, scale, logits
         super().__init__(batch_shape=loc.shape[:-1], validate_args=False)
 
@@ -58,14 +61,19 @@ class MixtureOfStudentT(Distribution):
         return torch.logsumexp(torch.log_softmax(self.logits, dim=-1) + component, dim=-1)
 
     def sample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
-        shape = torch.Size(sample_shape) + self.logits.shape
-        logits, df, loc, scale = (t.expand(shape) for t in (self.logits, self.df, self.loc, self.scale))
-        uniform = torch.rand(shape, device=logits.device, dtype=logits.dtype)
-        tiny = torch.finfo(logits.dtype).tiny
-        gumbel = -torch.log(-torch.log(uniform.clamp(tiny, 1.0 - 1e-7)))
-        choice = (logits + gumbel).argmax(-1, keepdim=True)
-        df, loc, scale = (t.gather(-1, choice).squeeze(-1) for t in (df, loc, scale))
-        chi2 = 2.0 * torch._standard_gamma(0.5 * df)
+        sample_shape = torch.Size(sample_shape)
+        shape = sample_shape + self.logits.shape
+        # Component by inverse CDF: one uniform per draw, located among the k - 1 inner
+        # boundaries of the cumulative weights by binary search (a draw past the last
+        # boundary's rounding error lands in the last component). Draws run along a
+        # trailing dimension, as searchsorted wants, then move to the front.
+        boundaries = torch.cumsum(self.mixture_probs, dim=-1)[..., :-1].contiguous()
+        uniform = torch.rand((*boundaries.shape[:-1], sample_shape.numel()), device=self.logits.device, dtype=self.logits.dtype)
+        choice = torch.searchsorted(boundaries, uniform, right=True).movedim(-1, 0).reshape(*shape[:-1], 1)
+        df, loc, scale = (t.expand(shape).gather(-1, choice).squeeze(-1) for t in (self.df, self.loc, self.scale))
+        # Drawn flat: with a strided input, inductor's meta kernel for _standard_gamma states
+        # other strides than the real kernel returns (torch 2.13); 1-D has one layout.
+        chi2 = 2.0 * torch._standard_gamma((0.5 * df).reshape(-1)).view(df.shape)
         normal = torch.randn_like(loc)
         return loc + scale * normal * torch.rsqrt(chi2 / df)
 

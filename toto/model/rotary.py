@@ -12,7 +12,7 @@ Two details decide parity with the published weights:
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Int
 from torch import Tensor, nn
 
 
@@ -25,14 +25,23 @@ class XPosRotaryEmbedding(nn.Module):
         self.theta = theta
         self.scale_base = scale_base
 
-    def tables(self, positions: Float[Tensor, " seq"], dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """(cos, sin, xPos scale) at ``positions``, each ``[seq, head_dim]``; shared by every layer of a call."""
+    def tables(
+        self, positions: Int[Tensor, " seq"], dtype: torch.dtype, last: Int[Tensor, ""] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(cos, sin, xPos scale) at ``positions``, each ``[seq, head_dim]``; shared by every layer of a call.
+
+        The xPos power is centred on ``last // 2``, ``last`` being the call's last real
+        position (default: the largest of ``positions``). A prefill right-padded to a
+        static length passes it, so the keys it caches carry the centring an unpadded
+        call would have given them.
+        """
         half = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32)
         inv_freq = 1.0 / self.theta ** (half / self.head_dim)
         t = positions.to(torch.float32)
         angles = (t[:, None] * inv_freq).repeat_interleave(2, dim=-1)
         xpos_base = (half + 0.4 * self.head_dim) / (1.4 * self.head_dim)
-        power = (t - torch.floor(t.max() / 2)) / self.scale_base
+        end = t.max() if last is None else last.to(torch.float32)
+        power = (t - torch.floor(end / 2)) / self.scale_base
         scale = xpos_base ** power[:, None]
         scale = torch.cat((scale, scale), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype), scale.to(dtype)

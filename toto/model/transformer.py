@@ -42,9 +42,11 @@ class Transformer(nn.Module):
         id_patches: Int[Tensor, "batch variate seq"],
         positions: Int[Tensor, " seq"],
         cache: KVCache | None = None,
+        last: Int[Tensor, ""] | None = None,
     ) -> Float[Tensor, "batch variate seq embed"]:
+        """``last``: the last real position when ``positions`` run past it (see ``XPosRotaryEmbedding.tables``)."""
         same_id = same_id_mask(id_patches)
-        rotation = self.rotary_emb.tables(positions, x.dtype)  # the same for every time-wise layer
+        rotation = self.rotary_emb.tables(positions, x.dtype, last)  # the same for every time-wise layer
         for layer, slot in zip(self.layers, self.cache_slots):
             h = layer.norm1(x)
             if slot is None:

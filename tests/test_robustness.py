@@ -206,6 +206,43 @@ def test_recompile_limit_is_loud_not_silent():
     torch._dynamo.reset()
 
 
+def test_prefill_past_the_recompile_limit_runs_eagerly_with_one_warning(tiny_checkpoint):
+    """A backtest touching more buckets than dynamo allows: new buckets prefill eagerly, loudly, correctly."""
+    from toto import Toto, TotoForecaster
+
+    model = Toto.load_from_checkpoint(tiny_checkpoint).model
+    torch._dynamo.reset()
+    compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True, compile_backend="aot_eager")
+    eager = TotoForecaster(model, torch_compile=False)
+    lengths = (100, 300, 600, 900)  # context patches 7, 19, 38, 57: four capacity buckets
+    with torch._dynamo.config.patch(recompile_limit=2):
+        with pytest.warns(RuntimeWarning, match="recompile_limit") as caught:
+            results = [compiled.forecast(masked(walk(1, 1, n, seed=n)), H).mean for n in lengths]
+    assert sum("prefill" in str(w.message) and "recompile_limit" in str(w.message) for w in caught) == 1
+    for n, got in zip(lengths, results):
+        torch.testing.assert_close(got, eager.forecast(masked(walk(1, 1, n, seed=n)), H).mean, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_whole_call_compile_failure_warns_once_and_matches_eager(tiny_checkpoint, broken_torch_compile):
+    from toto import Toto, TotoForecaster
+
+    model = Toto.load_from_checkpoint(tiny_checkpoint).model
+    forecaster = TotoForecaster(model, torch_compile=True, compile_prefill=True)
+    eager = TotoForecaster(model, torch_compile=False)
+    inputs = masked(walk(1, 1, 100))
+    with pytest.warns(RuntimeWarning, match="running eagerly") as caught:
+        torch.manual_seed(5)
+        got = forecaster.forecast(inputs, H, num_samples=6, samples_per_batch=3).samples
+    assert len([w for w in caught if "running eagerly" in str(w.message)]) == 1
+    assert not forecaster.compiled and "simulated compiler failure" in forecaster.compile_error
+    torch.manual_seed(5)
+    torch.testing.assert_close(got, eager.forecast(inputs, H, num_samples=6, samples_per_batch=3).samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call stays quiet
+        forecaster.forecast(inputs, H, num_samples=6, samples_per_batch=3)
+
+
 def test_compiled_pipeline_never_recompiles_in_steady_state(compiled_pipeline):
     contexts = [walk(length, seed=length) for length in (200, 180, 230, 240)]  # 12-15 patches + 1 step: bucket 16
     for context in contexts[:1]:

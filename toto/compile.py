@@ -85,10 +85,19 @@ class CompiledFunction:
     a recompile raises, as the caller asked, instead of falling back.
     """
 
-    def __init__(self, fn: Callable[..., Any], settings: CompileSettings, dynamic: bool | None = None):
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        settings: CompileSettings,
+        dynamic: bool | None = None,
+        failures: set[str] | None = None,
+    ):
+        """``failures``: shared by functions that fail together (one forecaster's), so one
+        compiler failure warns once, not once per function."""
         self.fn = fn
         self.settings = settings
         self.error: str | None = None
+        self._failures = set() if failures is None else failures
         self._compiled = None
         if settings.enabled:
             options = {} if settings.backend != "inductor" else {"mode": settings.mode}
@@ -123,11 +132,13 @@ class CompiledFunction:
             result = self.fn(*args, **kwargs)  # an error eager raises too is the caller's, not the compiler's
             self._compiled = None
             self.error = " ".join(f"{type(err).__name__}: {err}".split())[:500]
-            warnings.warn(
-                f"torch.compile of {self._name} failed ({self.error}); running eagerly",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            if not self._failures:
+                warnings.warn(
+                    f"torch.compile of {self._name} failed ({self.error}); running eagerly",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self._failures.add(self._name)
             return result
 
 

@@ -114,14 +114,15 @@ class TotoForecaster:
             torch_compile, compile_mode, compile_backend, model.device, compile_prefill
         )
         per_call = self.compile_settings.for_prefill()
+        failures: set[str] = set()  # one compiler failure warns once for the whole forecaster
         # Static shapes: one graph per (rows, variates, capacity) or draw count, never a dynamic one.
-        self._prefill = CompiledFunction(prefill, per_call, dynamic=False)
-        self._share = CompiledFunction(share_context, per_call, dynamic=False)
-        self._begin = CompiledFunction(begin, per_call, dynamic=False)
-        self._draw = CompiledFunction(draw, per_call, dynamic=False)
+        self._prefill = CompiledFunction(prefill, per_call, dynamic=False, failures=failures)
+        self._share = CompiledFunction(share_context, per_call, dynamic=False, failures=failures)
+        self._begin = CompiledFunction(begin, per_call, dynamic=False, failures=failures)
+        self._draw = CompiledFunction(draw, per_call, dynamic=False, failures=failures)
         self._steps = {
-            True: CompiledFunction(sample_step, self.compile_settings),
-            False: CompiledFunction(mean_step, self.compile_settings),
+            True: CompiledFunction(sample_step, self.compile_settings, failures=failures),
+            False: CompiledFunction(mean_step, self.compile_settings, failures=failures),
         }
         self._compile_cache = CompileCache.resolve(compile_cache_dir) if self.compile_settings.enabled else None
         if self._compile_cache is not None:

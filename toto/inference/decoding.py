@@ -15,7 +15,7 @@ once and :func:`begin` per sample batch, then :func:`decode_step` per patch.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -106,7 +106,8 @@ class ContextBuffers(NamedTuple):
         return [*self.state.tensors(), *self.head]
 
 
-def mark_static(tensors) -> None:
+def mark_static(tensors: Iterable[Tensor]) -> None:
+    # Fixed addresses: CUDA graphs replay reads and writes of these buffers in place.
     for tensor in tensors:
         torch._dynamo.mark_static_address(tensor)
 

@@ -180,9 +180,9 @@ def _inductor_dir_chosen() -> bool:
 
 
 def _compiled_anything() -> bool:
-    from torch._dynamo.utils import counters
+    from .diagnostics import compiled_graph_count
 
-    return counters["stats"]["unique_graphs"] > 0
+    return compiled_graph_count() > 0
 
 
 def _header(payload: bytes) -> bytes:

@@ -32,6 +32,13 @@ class CompileStats:
         return asdict(self)
 
 
+def compiled_graph_count() -> int:
+    """Graphs handed to a backend since start-up (or ``torch._dynamo.reset()``): one dict read."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def snapshot() -> CompileStats:
     """Totals since the process started, or since ``torch._dynamo.reset()`` (which clears them)."""
     from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
@@ -41,7 +48,7 @@ def snapshot() -> CompileStats:
     recompiles = sum(max(0, count - 1) for count in FRAME_COMPILE_COUNTER.values())
     return CompileStats(
         graph_breaks=sum(counters["graph_break"].values()),
-        graphs=counters["stats"]["unique_graphs"],
+        graphs=compiled_graph_count(),
         recompiles=recompiles,
         cudagraph_skips=counters["inductor"]["cudagraph_skips"],
     )

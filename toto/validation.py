@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 
 def check_int(name: str, value: object, minimum: int = 1) -> None:
     """Raise ``ValueError`` unless ``value`` is an int (not a bool) of at least ``minimum``."""
@@ -10,14 +12,12 @@ def check_int(name: str, value: object, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
-def check_representable(values: "torch.Tensor", dtype: "torch.dtype", name: str) -> None:
+def check_representable(values: torch.Tensor, dtype: torch.dtype, name: str) -> None:
     """Raise ``ValueError`` naming the first finite value of ``values`` that overflows ``dtype``.
 
     Casting such a value gives ±inf, which would otherwise be reported as if the
     input itself held an infinity.
     """
-    import torch
-
     if not values.is_floating_point() or torch.finfo(values.dtype).max <= torch.finfo(dtype).max:
         return
     too_big = torch.isfinite(values) & (values.abs() > torch.finfo(dtype).max)  # NaN, ±inf: reported elsewhere

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..compile import CompiledFunction, CompileSettings
 from ..compile_cache import CompileCache
 from ..data.util.dataset import MaskedTimeseries, fill_missing, padded_length
+from ..diagnostics import compiled_graph_count
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed
 from ..validation import check_int, check_representable
@@ -177,9 +178,11 @@ class TotoForecaster:
         if inputs.num_exogenous_variables:
             raise NotImplementedError("num_exogenous_variables > 0 (exogenous inputs) is not supported")
         with self._lock:
+            if self._compile_cache is None:
+                return self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
             graphs_before = compiled_graph_count()
             forecast = self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
-            if self._compile_cache is not None and compiled_graph_count() != graphs_before:
+            if compiled_graph_count() != graphs_before:
                 self._compile_cache.save()  # something new was compiled: keep it for the next process
             return forecast
 
@@ -196,11 +199,12 @@ class TotoForecaster:
         patch = self.model.patch_size
         num_steps = -(-prediction_length // patch)
         batch, variates, length = series.shape
+        num_context = -(-length // patch)  # patches, the first one left-padded
         check_memory(
             self.model,
             batch=batch,
             variates=variates,
-            context_patches=-(-length // patch),
+            context_patches=num_context,
             prediction_length=prediction_length,
             num_samples=num_samples,
             samples_per_batch=samples_per_batch,
@@ -211,7 +215,7 @@ class TotoForecaster:
         )
 
         if not use_kv_cache:
-            series, observed, ids = self._stage(series, observed, ids, -(-length // patch))
+            series, observed, ids = self._stage(series, observed, ids, num_context)
             chunks = [None] if num_samples is None else [
                 min(samples_per_batch, num_samples - done) for done in range(0, num_samples, samples_per_batch)
             ]
@@ -351,11 +355,6 @@ class TotoForecaster:
             observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
             ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
         return torch.cat(patches, dim=-1)
-
-
-def compiled_graph_count() -> int:
-    """Graphs dynamo has compiled in this process (a cheap counter read)."""
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def mask_missing(

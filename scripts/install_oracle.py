@@ -27,6 +27,7 @@ ORACLE_DEPS = [
     "lightning",
     "scipy",
     "pandas",
+    "beartype",  # imported by upstream's own test suite (tests/test_upstream_suite.py)
 ]
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".oracle"

@@ -31,6 +31,19 @@ def test_published_layout_loads_without_warnings(tiny_checkpoint):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_float32_linear_weights_are_column_major_on_cpu_with_the_same_values(tiny_checkpoint):
+    published = load_file(str(tiny_checkpoint / "model.safetensors"))
+    model = Toto.load_from_checkpoint(tiny_checkpoint)
+    weight = model.model.transformer.layers[0].attention.wQKV.weight
+    assert weight.stride() == (1, weight.shape[0])  # column-major: what MKL multiplies fastest at a few rows
+    assert torch.equal(weight, published[f"{LAYER0}.attention.wQKV.weight"])
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(not m.weight.is_contiguous() for m in linears)
+    # bfloat16 keeps the row-major layout (measured slower column-major at one row).
+    half = Toto.load_from_checkpoint(tiny_checkpoint, dtype=torch.bfloat16)
+    assert all(m.weight.is_contiguous() for m in half.modules() if isinstance(m, torch.nn.Linear))
+
+
 def test_config_fields_are_read_from_the_file(tmp_path):
     config = {**TINY_CONFIG, "num_layers": 6, "spacewise_every_n_layers": 3, "spacewise_first": True,
               "scale_factor_exponent": 4.0, "stabilize_with_global": False}

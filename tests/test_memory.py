@@ -156,28 +156,29 @@ def test_unknown_device_memory_is_not_checked(model):
 
 
 def test_kv_cache_and_outputs_of_a_small_sampled_forecast(model):
-    # 40 steps -> 3 patches; capacity = 5 context + 3 - 1 = 7 patches, rounded up to 16.
+    # 40 steps -> 3 patches; the context's capacity = 5 context + 3 - 1 = 7 patches, rounded up
+    # to 16; the sample rows cache their 2 decoded patches (a power of two: 2 slots).
     rows = 2 * 3
-    kv_one_set = 2 * TIME_LAYERS * rows * HEADS * 16 * HEAD_DIM * 4  # keys and values, float32
-    assert kv_one_set == 49152
+    kv_per_slot = 2 * TIME_LAYERS * rows * HEADS * HEAD_DIM * 4  # keys and values, float32
+    assert kv_per_slot == 3072
     got = estimate(model)
-    assert got.cache_bytes == 2 * kv_one_set  # the context's buffers and the sample rows'
+    assert got.cache_bytes == (16 + 2) * kv_per_slot
     assert got.output_bytes == 2 * rows * 7 * 48 * 4  # 7 samples over 48 padded steps, twice
-    assert got.total == 98304 + 16128
+    assert got.total == 55296 + 16128
 
 
 def test_mean_path_decodes_in_the_context_buffers(model):
     got = estimate(model, num_samples=None)
-    assert got.cache_bytes == 49152
+    assert got.cache_bytes == 16 * 3072
     assert got.output_bytes == 2 * 6 * 48 * 4
 
 
 def test_capacity_rounds_up_to_the_next_bucket(model):
-    # 10 context + 8 steps - 1 = 17 patches -> 32; a single step needs no sample buffers.
-    two_sets_of_32 = 2 * (2 * TIME_LAYERS * 6 * HEADS * 32 * HEAD_DIM * 4)
-    assert estimate(model, context_patches=10, prediction_length=8 * PATCH).cache_bytes == two_sets_of_32
-    one_set_of_16 = 2 * TIME_LAYERS * 6 * HEADS * 16 * HEAD_DIM * 4
-    assert estimate(model, context_patches=10, prediction_length=PATCH).cache_bytes == one_set_of_16
+    # 10 context + 8 steps - 1 = 17 patches -> 32, and 7 decoded patches -> 8 in the sample rows;
+    # a single step needs no sample buffers.
+    per_slot = 2 * TIME_LAYERS * 6 * HEADS * HEAD_DIM * 4
+    assert estimate(model, context_patches=10, prediction_length=8 * PATCH).cache_bytes == (32 + 8) * per_slot
+    assert estimate(model, context_patches=10, prediction_length=PATCH).cache_bytes == 16 * per_slot
 
 
 def test_without_a_cache_one_layer_of_keys_and_values_is_counted(model):

@@ -15,7 +15,7 @@ from parity_inputs import SCENARIOS, scenario
 
 from toto import TotoForecaster
 from toto.data.util.dataset import pad_array, pad_id_mask
-from toto.inference.decoding import ContextBuffers, decode_step, prefill
+from toto.inference.decoding import ContextBuffers, mean_step, prefill
 
 
 def rel(ours: torch.Tensor, oracle: torch.Tensor) -> float:
@@ -76,7 +76,7 @@ def test_kv_cached_decoding_teacher_forced(model_pair, name, record):
         last = slice(-patch, None)
         b_mean = b.distribution.mean[..., last]
         errors = [rel(a.distribution.mean[..., last], b_mean), rel(a.loc, b.loc), rel(a.scale, b.scale)]
-        # The decode-state path (prefill once, then decode_step with the true patch) agrees too.
+        # The decode-state path (prefill once, then mean_step with the true patch) agrees too.
         t = end * patch
         if buffers is None:
             context = ContextBuffers.allocate(ours, series.shape[0], series.shape[1], 16, torch.float32, "cpu")
@@ -87,7 +87,7 @@ def test_kv_cached_decoding_teacher_forced(model_pair, name, record):
         else:
             buffers.patch.copy_(series[..., t - patch : t])
             buffers.cache.advance(1)
-            decode_step(ours, buffers, sample=False)
+            mean_step(ours, context)
             ours_next = buffers.patch
         expected = b.loc[..., last] + b.scale[..., last] * b_mean
         errors.append(rel(ours_next, expected))

@@ -379,33 +379,42 @@ def tiny_model(tiny_checkpoint):
 
 
 @torch.no_grad()
-def test_prefill_shares_the_context_with_every_sample_row(tiny_model):
-    """Rows are (sample, series): each sample block holds the context the single prefill wrote."""
-    from toto.inference.decoding import ContextBuffers, DecodeBuffers, begin, prefill, share_context
+def test_sample_rows_decode_over_the_shared_context_as_over_a_copy(tiny_model):
+    """Rows are (sample, series). Decoding against the prefill's cache as a shared prefix
+    gives what decoding against a per-row copy of it gives (the layout before prefix
+    sharing), patch after patch; ``begin`` starts every row at the end of its context."""
+    from toto.inference.decoding import ContextBuffers, DecodeBuffers, begin, prefill
+    from toto.model.kv_cache import PrefixedCache
 
-    patch, batch, variates, repeats = tiny_model.patch_size, 2, 3, 4
-    series = _random_walk((batch, variates, 3 * patch), seed=52)
+    patch, batch, variates, repeats, real, steps = tiny_model.patch_size, 2, 3, 4, 3, 3
+    series = _random_walk((batch, variates, real * patch), seed=52)
     observed = torch.ones_like(series, dtype=torch.bool)
-    id_patches = torch.zeros(batch, variates, 3, dtype=torch.long)
+    id_patches = torch.tensor([0, 0, 1])[None, :, None].expand(batch, variates, real)
     context = ContextBuffers.allocate(tiny_model, batch, variates, 8, torch.float32, "cpu")
-    buffers = DecodeBuffers.allocate(tiny_model, batch * repeats, variates, 8, torch.float32, "cpu")
-    prefill(tiny_model, context, series, observed, id_patches, torch.tensor(2))
-    share_context(buffers, context, 3)
+    prefill(tiny_model, context, series, observed, id_patches, torch.tensor(real - 1))
+    buffers = DecodeBuffers.allocate(tiny_model, batch * repeats, variates, 4, torch.float32, "cpu")
     begin(buffers, context)
-
-    # An independent single-row-block encode of the same context, through the upstream-style forward.
-    reference = tiny_model.allocate_kv_cache(batch, variates, 8 * patch)
-    tiny_model(series, observed, id_patches.repeat_interleave(patch, -1), kv_cache=reference)
-    for ours, expected in zip(buffers.cache.tensors(), reference.tensors()):
-        blocks = ours[:, :, :3].unflatten(0, (repeats, batch * variates))
-        for r in range(repeats):
-            torch.testing.assert_close(blocks[r], expected[:, :, :3])
-    scaled_rows = buffers.scaler.value_sum.unflatten(0, (repeats, batch))
-    torch.testing.assert_close(scaled_rows, context.state.scaler.value_sum.expand(repeats, -1, -1))
-    assert buffers.position.item() == 3
-    # Each sample row starts from its own draw of the first patch.
+    assert buffers.position.item() == real
+    torch.testing.assert_close(
+        buffers.scaler.value_sum.unflatten(0, (repeats, batch)), context.state.scaler.value_sum.expand(repeats, -1, -1)
+    )
     first = buffers.patch.unflatten(0, (repeats, batch))
-    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first[0], first[1])  # each sample row starts from its own draw
+
+    copied = tiny_model.allocate_kv_cache(batch * repeats, variates, 8 * patch)
+    for dst, src in zip(copied.tensors(), context.state.cache.tensors()):
+        dst[:, :, :real] = src[:, :, :real].repeat(repeats, 1, 1, 1)
+    shared = PrefixedCache(buffers.cache, context.state.cache, context.state.position)
+    ids = id_patches[..., -1:].repeat(repeats, 1, 1)
+    gen = torch.Generator().manual_seed(55)
+    for step in range(steps):
+        scaled = torch.randn(batch * repeats, variates, patch, generator=gen)
+        position = torch.tensor([real + step])
+        expected = tiny_model.encode(scaled, ids, position, copied)
+        got = tiny_model.encode(scaled, ids, position, shared)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for own, full in zip(buffers.cache.tensors(), copied.tensors()):
+        torch.testing.assert_close(own[:, :, :steps], full[:, :, real : real + steps])
 
 
 @torch.no_grad()
@@ -569,11 +578,6 @@ def test_forecaster_id_mask_must_be_constant_within_patch(forecaster):
     ids = torch.zeros_like(series, dtype=torch.int)
     ids[..., 24:] = 1  # padded index 32: a patch boundary, allowed
     assert forecaster.forecast(_masked(series, ids=ids), 4).mean.shape == (1, 2, 4)
-
-
-def test_forecaster_exogenous_not_supported(forecaster):
-    with pytest.raises(NotImplementedError):
-        forecaster.forecast(_masked(_leveled_series(), num_exogenous_variables=1), 4)
 
 
 def test_forecaster_context_shorter_than_patch(forecaster):

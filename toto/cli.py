@@ -1,4 +1,4 @@
-"""The ``toto-compiled`` command: ``check``, ``forecast`` and ``bench`` (each in ``toto/commands``)."""
+"""The ``toto-compiled`` command: ``check``, ``forecast``, ``bench`` and ``export`` (each in ``toto/commands``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import bench, check, forecast
+from .commands import bench, check, export, forecast
 
-COMMANDS = (check, forecast, bench)
+COMMANDS = (check, forecast, bench, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,17 +129,49 @@ def load_toto(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
 ) -> "Toto":
-    from .model.toto import Toto
-
     config = read_config(files.config)
     state = map_checkpoint_keys(read_weights(files.weights), source=str(files.weights))
+    return build_toto(config, state, str(files.weights), device, dtype)
+
+
+def build_toto(
+    config: TotoConfig,
+    state: dict[str, Tensor],
+    source: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> "Toto":
+    """A :class:`Toto` holding ``state`` (our key names), checked in full before anything is assigned.
+
+    ``dtype``: default, the state's own.
+    """
+    from .model.toto import Toto
+
     with torch.device("meta"):
         model = Toto(config)
-    check_weights(model, state, source=str(files.weights))
+    check_weights(model, state, source=source)
     if dtype is None:
         dtype = next(iter(state.values())).dtype
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    column_major_linear_weights(model)
+    return model
+
+
+def column_major_linear_weights(model: torch.nn.Module) -> None:
+    """On CPU, store float32 ``nn.Linear`` weights column-major; the values are unchanged.
+
+    ``F.linear`` then hands MKL an untransposed right operand, which it multiplies about
+    1.3x faster at a few rows (a prefill of one series: all of S1's matrix products) and no
+    slower at many. Measured on a 2-core AVX-512 machine, float32 only (bfloat16 at one
+    row got slower). ``state_dict()`` then holds non-contiguous tensors: call
+    ``.contiguous()`` before writing them with safetensors.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            weight = module.weight
+            if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()
 
 
 def _local_files(config: Path, weights: Path) -> CheckpointFiles:

@@ -26,7 +26,7 @@ from torch import Tensor
 from .compile import CompileSettings
 from .data.util.dataset import MaskedTimeseries, masked_timeseries
 from .diagnostics import snapshot
-from .inference.forecaster import TotoForecaster
+from .inference.forecaster import TotoForecaster, known_future
 from .loading import DEFAULT_MODEL_ID
 from .model.toto import Toto
 from .validation import check_int, check_representable
@@ -230,10 +230,15 @@ class TotoPipeline:
         time_interval_seconds: int = 900,
         seed: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        future_covariates: Any = None,
         **kwargs: Any,
     ) -> list[TotoForecast]:
         """Sample forecasts, one :class:`TotoForecast` per series.
 
+        ``future_covariates`` (``(batch, covariates, prediction_length)``, or without the
+        batch dimension for one series): the known future of the context's *last*
+        ``covariates`` variates, which replaces what the model decodes for them (upstream's
+        exogenous variables). The forecasts report them as given.
         ``progress(done, total)`` is called after each decoded patch of each sample batch.
         """
         unknown = sorted(set(kwargs) - IGNORED_PREDICT_OPTIONS)
@@ -245,9 +250,13 @@ class TotoPipeline:
         series, observed = normalize_context(context)
         # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
         inputs = masked_timeseries(series, observed, time_interval_seconds)
+        future = None
+        if future_covariates is not None:
+            future = covariates_tensor(future_covariates, series, prediction_length)
+            inputs = inputs._replace(num_exogenous_variables=future.shape[1])
         with self._lock:
             samples, used = self._forecast_with_backoff(
-                inputs, prediction_length, num_samples, samples_per_batch, seed, progress
+                inputs, prediction_length, num_samples, samples_per_batch, seed, progress, future
             )
             self.last_run_metadata = {
                 "num_samples_requested": num_samples,
@@ -289,6 +298,7 @@ class TotoPipeline:
         per_batch: int,
         seed: int | None,
         progress: Callable[[int, int], None] | None,
+        future: Tensor | None = None,
     ) -> tuple[Tensor, dict]:
         """Forecast; on CUDA OOM halve ``samples_per_batch``, then ``num_samples``, down to the minimums."""
         retries = 0
@@ -297,7 +307,12 @@ class TotoPipeline:
             try:
                 with self._rng(seed), self._autocast():
                     forecast = self.forecaster.forecast(
-                        inputs, prediction_length, num_samples, min(per_batch, num_samples), progress=progress
+                        inputs,
+                        prediction_length,
+                        num_samples,
+                        min(per_batch, num_samples),
+                        future_exogenous_variables=future,
+                        progress=progress,
                     )
                 break
             except torch.cuda.OutOfMemoryError:
@@ -349,6 +364,29 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def covariates_tensor(future: Any, series: Tensor, prediction_length: int) -> Tensor:
+    """``future_covariates`` as a validated float tensor ``(batch, covariates, prediction_length)``."""
+    try:
+        future = torch.as_tensor(np.asarray(future, dtype=np.float64) if not isinstance(future, Tensor) else future)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"future_covariates must be a numeric array or tensor: {err}") from None
+    if future.ndim == 2 and series.shape[0] == 1:
+        future = future[None]
+    batch, variates, _ = series.shape
+    if future.ndim != 3:
+        raise ValueError(
+            f"future_covariates must be (batch, covariates, prediction_length), or (covariates, prediction_length) "
+            f"for one series; got shape {tuple(future.shape)} for a context of shape {tuple(series.shape)}"
+        )
+    if not 0 < future.shape[1] < variates:
+        raise ValueError(
+            f"future_covariates has {future.shape[1]} covariates but the context has {variates} variates: the "
+            "covariates are the context's last variates, and at least one target must remain"
+        )
+    known_future(future, future.shape[1], series, prediction_length, prediction_length, name="future_covariates")
+    return future
 
 
 def normalize_context(context: Any) -> tuple[Tensor, Tensor]:

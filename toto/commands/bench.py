@@ -124,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def oracle_available(folder: Path) -> bool:
-    if folder.is_dir() and str(folder.resolve()) not in sys.path:
+    """Whether ``folder`` holds an importable oracle (not one some earlier import left in ``sys.modules``)."""
+    if not (folder / "toto_upstream").is_dir():
+        return False
+    if str(folder.resolve()) not in sys.path:
         sys.path.append(str(folder.resolve()))
     try:
         import toto_upstream  # noqa: F401

@@ -1,4 +1,4 @@
-"""Decode state: prefill a context once, copy it into every sample row, then append one patch per step.
+"""Decode state: prefill a context once, then append one patch per step, every sample row sharing the context.
 
 All decoding state lives in preallocated buffers that the functions here update
 in place: the KV cache, the running float64 scaler sums, the newest patch, the
@@ -9,8 +9,10 @@ that CUDA graphs can replay; buffers are marked as static addresses for that
 reason. How many patches a cache holds is host bookkeeping, done by the caller
 (``KVCache.length``).
 
-One call is: :func:`prefill` (context rows), then for sampling :func:`share_context`
-once and :func:`begin` per sample batch, then :func:`decode_step` per patch.
+One call is: :func:`prefill` (context rows), then for sampling :func:`begin` per sample
+batch, then :func:`decode_step` per patch. The mean path decodes in the context's own
+buffers; sample rows decode in buffers of their own that cache only the decoded patches
+and read the context's cache as a shared prefix (:class:`~toto.model.kv_cache.PrefixedCache`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor
 from ..data.util.dataset import replace_extreme_values
 from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed, MixtureOfStudentT
-from ..model.kv_cache import KVCache
+from ..model.kv_cache import KVCache, PrefixedCache
 from ..model.scaler import ScalerState
 
 
@@ -32,7 +34,7 @@ class DecodeBuffers(NamedTuple):
     cache: KVCache
     scaler: ScalerState
     last_ids: Int[Tensor, "rows variate"]  # id of the newest patch; decoded patches inherit it
-    position: Int[Tensor, ""]  # cache slot the next patch is written to
+    position: Int[Tensor, ""]  # time position of the next patch (a context's length, after prefill)
     patch: Float[Tensor, "rows variate patch"]  # newest patch (data space): input of the next step, output of the last
 
     @classmethod
@@ -83,11 +85,32 @@ class NextPatch(NamedTuple):
         return AffineTransformed(mixture, self.affine_loc, self.affine_scale)
 
 
+class KnownFuture(NamedTuple):
+    """Known future values of exogenous variates, which replace what the model decodes for them.
+
+    ``values[:, :, p]`` is the patch at time position ``p`` (a step reads it through its
+    position tensor, so no graph depends on the horizon's offset); ``known`` marks the
+    exogenous variates (all False: nothing is replaced).
+    """
+
+    values: Float[Tensor, "rows variate capacity patch"]
+    known: Bool[Tensor, "rows variate 1"]
+
+    def apply(self, patch: Float[Tensor, "block_x_rows variate patch"], position: Int[Tensor, ""]) -> Tensor:
+        """``patch`` (rows laid out (block, series)) with its known variates set to their values at ``position``."""
+        rows = self.known.shape[0]
+        at = self.values.index_select(2, position.reshape(1)).squeeze(2)
+        blocks = patch.unflatten(0, (-1, rows))
+        return torch.where(self.known, at.to(patch.dtype), blocks).flatten(0, 1)
+
+
 class ContextBuffers(NamedTuple):
-    """A prefilled context: its decode state (one row per series) and the first patch's distribution."""
+    """A prefilled context: its decode state (one row per series), the first patch's distribution
+    and the exogenous variates' known future."""
 
     state: DecodeBuffers
     head: NextPatch
+    future: KnownFuture
 
     @classmethod
     def allocate(
@@ -99,11 +122,15 @@ class ContextBuffers(NamedTuple):
             *(torch.ones(mixture_shape, dtype=data_dtype, device=device) for _ in range(4)),
             *(torch.ones(rows, variates, 1, dtype=data_dtype, device=device) for _ in range(2)),
         )
-        mark_static(head)
-        return cls(state, head)
+        future = KnownFuture(  # one slot past the cache's: the last patch decoded is never cached
+            torch.zeros(rows, variates, capacity + 1, model.patch_size, dtype=data_dtype, device=device),
+            torch.zeros(rows, variates, 1, dtype=torch.bool, device=device),
+        )
+        mark_static([*head, *future])
+        return cls(state, head, future)
 
     def tensors(self) -> list[Tensor]:
-        return [*self.state.tensors(), *self.head]
+        return [*self.state.tensors(), *self.head, *self.future]
 
 
 def mark_static(tensors: Iterable[Tensor]) -> None:
@@ -147,18 +174,7 @@ def prefill(
         dst.copy_(src)
     state.last_ids.copy_(id_patches.index_select(-1, at_last).squeeze(-1))
     state.position.copy_(last + 1)
-    state.patch.copy_(next_patch(head.distribution(), sample=False))
-
-
-def share_context(buffers: DecodeBuffers, context: ContextBuffers, slots: int) -> None:
-    """Copy the first ``slots`` cache slots of the context into every sample block of ``buffers``.
-
-    Rows are laid out (sample, series). ``slots`` is the prefill's (padded) width, fixed
-    per capacity bucket when compiled. Decoding never writes below the context, so this
-    is needed once per call.
-    """
-    for dst, src in zip(buffers.cache.tensors(), context.state.cache.tensors()):
-        dst[:, :, :slots].unflatten(0, (-1, src.shape[0])).copy_(src[:, :, :slots].unsqueeze(0))
+    state.patch.copy_(context.future.apply(next_patch(head.distribution(), sample=False), state.position))
 
 
 def begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
@@ -173,8 +189,9 @@ def begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
 
 
 def draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_batch variate patch"]:
-    """``count`` draws of the context's next patch, rows laid out (draw, series)."""
-    return next_patch(context.head.distribution(), sample=True, draws=(count,)).flatten(0, 1)
+    """``count`` draws of the context's next patch (known variates set), rows laid out (draw, series)."""
+    drawn = next_patch(context.head.distribution(), sample=True, draws=(count,)).flatten(0, 1)
+    return context.future.apply(drawn, context.state.position)
 
 
 def next_patch(distribution: AffineTransformed, sample: bool, draws: tuple[int, ...] = ()) -> Tensor:
@@ -182,21 +199,32 @@ def next_patch(distribution: AffineTransformed, sample: bool, draws: tuple[int, 
     return replace_extreme_values(distribution.sample(draws) if sample else distribution.mean)
 
 
-def decode_step(model: TotoBackbone, buffers: DecodeBuffers, sample: bool) -> None:
-    """Append ``buffers.patch`` at ``buffers.position`` and replace it with the next patch (a draw or the mean)."""
+def decode_step(
+    model: TotoBackbone, buffers: DecodeBuffers, context: ContextBuffers, sample: bool, shared_prefix: bool
+) -> None:
+    """Append ``buffers.patch`` at ``buffers.position`` and replace it with the next patch (a draw or the mean).
+
+    ``shared_prefix``: ``buffers`` are sample rows laid out (sample, series) whose cache
+    holds only decoded patches, and the context's cache is their shared prefix. Otherwise
+    ``buffers`` are the context's own. Known future values of exogenous variates replace
+    what the model decodes for them.
+    """
     scaled, loc, scale, stats = model.scaler.step(buffers.scaler, buffers.patch)
-    hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], buffers.cache)
+    cache = buffers.cache
+    if shared_prefix:
+        cache = PrefixedCache(cache, context.state.cache, context.state.position)
+    hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache)
     distribution = AffineTransformed(model.head(hidden), loc[..., None], scale[..., None])
-    buffers.patch.copy_(next_patch(distribution, sample))
+    buffers.patch.copy_(context.future.apply(next_patch(distribution, sample), buffers.position + 1))
     for dst, src in zip(buffers.scaler[:3], stats[:3]):  # the clamp bounds never change
         dst.copy_(src)
     buffers.position.add_(1)
 
 
 # One function per mode, so each compiles to exactly one graph (a bool argument would be a guard).
-def sample_step(model: TotoBackbone, buffers: DecodeBuffers) -> None:
-    decode_step(model, buffers, sample=True)
+def sample_step(model: TotoBackbone, buffers: DecodeBuffers, context: ContextBuffers) -> None:
+    decode_step(model, buffers, context, sample=True, shared_prefix=True)
 
 
-def mean_step(model: TotoBackbone, buffers: DecodeBuffers) -> None:
-    decode_step(model, buffers, sample=False)
+def mean_step(model: TotoBackbone, context: ContextBuffers) -> None:
+    decode_step(model, context.state, context, sample=False, shared_prefix=False)

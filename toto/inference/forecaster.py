@@ -30,7 +30,6 @@ from .decoding import (
     next_patch,
     prefill,
     sample_step,
-    share_context,
 )
 
 # KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
@@ -44,6 +43,15 @@ MAX_BUFFER_SETS = 16
 
 def bucket_capacity(num_patches: int) -> int:
     return -(-num_patches // CAPACITY_BUCKET) * CAPACITY_BUCKET
+
+
+def decode_capacity(num_patches: int) -> int:
+    """Cache slots of sample rows, which hold only decoded patches: the next power of two.
+
+    Every step attends over all of them, so a tight bound matters more here than in the
+    context's cache; powers of two keep the number of step graphs logarithmic in the horizon.
+    """
+    return 1 << max(0, num_patches - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -83,11 +91,11 @@ class Forecast:
 class TotoForecaster:
     """Forecasts with a :class:`TotoBackbone`, one patch at a time.
 
-    The context is encoded once per series; its KV cache and scaler state are
-    then copied into every sample trajectory (upstream re-encodes the context
-    for every sample batch; the outputs have the same distribution). Decode
-    buffers are allocated per (rows, variates, capacity bucket, dtype, device)
-    and reused across calls.
+    The context is encoded once per series. Every sample trajectory starts from
+    its scaler state and reads its KV cache as a shared prefix, caching only the
+    patches it decodes (upstream re-encodes the context for every sample batch;
+    the outputs have the same distribution). Decode buffers are allocated per
+    (rows, variates, capacity bucket, dtype, device) and reused across calls.
 
     ``torch_compile`` compiles the decode steps (``None``: read ``TOTO_COMPILE``);
     ``compile_mode``/``compile_backend`` as in ``torch.compile`` (``None``:
@@ -110,15 +118,16 @@ class TotoForecaster:
         compile_prefill: bool | None = None,
         compile_cache_dir: str | os.PathLike | None = None,
     ):
-        self.model = model.eval()
+        self.model = model
+        self.model.eval()
+        self.device, self._model_dtype = _device_and_dtype(model)
         self.compile_settings = CompileSettings.resolve(
-            torch_compile, compile_mode, compile_backend, model.device, compile_prefill
+            torch_compile, compile_mode, compile_backend, self.device, compile_prefill
         )
         per_call = self.compile_settings.for_prefill()
         failures: set[str] = set()  # one compiler failure warns once for the whole forecaster
         # Static shapes: one graph per (rows, variates, capacity) or draw count, never a dynamic one.
         self._prefill = CompiledFunction(prefill, per_call, dynamic=False, failures=failures)
-        self._share = CompiledFunction(share_context, per_call, dynamic=False, failures=failures)
         self._begin = CompiledFunction(begin, per_call, dynamic=False, failures=failures)
         self._draw = CompiledFunction(draw, per_call, dynamic=False, failures=failures)
         self._steps = {
@@ -129,6 +138,7 @@ class TotoForecaster:
         if self._compile_cache is not None:
             self._compile_cache.load()
         self._buffers: OrderedDict[tuple, DecodeBuffers] = OrderedDict()
+        self._known_set: set[int] = set()  # ids of the context buffers whose known-future mask is set
         # Buffers and compiled graphs are shared by every call: one forecast at a time.
         self._lock = threading.RLock()
 
@@ -143,7 +153,7 @@ class TotoForecaster:
         return next((fn.error for fn in self._compiled_functions() if fn.error), None)
 
     def _compiled_functions(self) -> list[CompiledFunction]:
-        return [self._prefill, self._share, self._begin, self._draw, *self._steps.values()]
+        return [self._prefill, self._begin, self._draw, *self._steps.values()]
 
     def capacity_for(self, context_length: int, prediction_length: int) -> int:
         """KV-cache capacity (patches) of a call: its buffers' and compiled graphs' bucket."""
@@ -163,28 +173,81 @@ class TotoForecaster:
         num_samples: int | None = None,
         samples_per_batch: int = 10,
         use_kv_cache: bool = True,
+        future_exogenous_variables: Float[Tensor, "batch exogenous horizon"] | None = None,
         *,
         progress: Callable[[int, int], None] | None = None,
     ) -> Forecast:
         """Forecast ``prediction_length`` steps: the mean path (``num_samples=None``) or sample paths.
 
-        ``num_samples`` need not be a multiple of ``samples_per_batch``. ``progress(done,
-        total)`` is called on the host after each decoded patch of each sample batch.
+        ``num_samples`` need not be a multiple of ``samples_per_batch``. The last
+        ``inputs.num_exogenous_variables`` variates are exogenous: their known future,
+        ``future_exogenous_variables`` (``[batch, exogenous, prediction_length]``, or without
+        the batch dimension for unbatched inputs), replaces what the model decodes for them,
+        and the forecast reports it for those variates, as upstream does. Without it they are
+        decoded like the targets. ``progress(done, total)`` is called on the host after each
+        decoded patch of each sample batch.
         """
         check_int("prediction_length", prediction_length)
         check_int("samples_per_batch", samples_per_batch)
         if num_samples is not None:
             check_int("num_samples", num_samples)
-        if inputs.num_exogenous_variables:
-            raise NotImplementedError("num_exogenous_variables > 0 (exogenous inputs) is not supported")
+        args = (inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, future_exogenous_variables, progress)
         with self._lock:
             if self._compile_cache is None:
-                return self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
+                return self._forecast(*args)
             graphs_before = compiled_graph_count()
-            forecast = self._forecast(inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, progress)
+            forecast = self._forecast(*args)
             if compiled_graph_count() != graphs_before:
                 self._compile_cache.save()  # something new was compiled: keep it for the next process
             return forecast
+
+    @torch.no_grad()
+    def generate_mean(
+        self,
+        inputs: Float[Tensor, "batch variate time"],
+        prediction_length: int,
+        timestamp_seconds: Int[Tensor, "batch variate time"],
+        time_interval_seconds: Int[Tensor, "batch variate"],
+        input_padding_mask: Tensor | None = None,
+        id_mask: Tensor | None = None,
+        use_kv_cache: bool = False,
+        future_exogenous_variables: Tensor | None = None,
+        num_exogenous_variables: int = 0,
+    ) -> Float[Tensor, "batch variate horizon"]:
+        """Upstream's lower-level entry point: the mean path of ``inputs`` (``[batch, variate, time]``)."""
+        masked = _as_masked(inputs, timestamp_seconds, time_interval_seconds, input_padding_mask, id_mask, num_exogenous_variables)
+        return self.forecast(
+            masked, prediction_length, use_kv_cache=use_kv_cache, future_exogenous_variables=future_exogenous_variables
+        ).mean
+
+    @torch.no_grad()
+    def generate_samples(
+        self,
+        inputs: Float[Tensor, "batch variate time"],
+        prediction_length: int,
+        num_samples: int,
+        timestamp_seconds: Int[Tensor, "batch variate time"],
+        time_interval_seconds: Int[Tensor, "batch variate"],
+        input_padding_mask: Tensor | None = None,
+        id_mask: Tensor | None = None,
+        sampling_batch_size: int = 10,
+        use_kv_cache: bool = False,
+        future_exogenous_variables: Tensor | None = None,
+        num_exogenous_variables: int = 0,
+    ) -> Float[Tensor, "batch variate horizon samples"]:
+        """Upstream's lower-level entry point: ``num_samples`` paths, ``sampling_batch_size`` at a time.
+
+        Unlike upstream, ``num_samples`` need not be a multiple of ``sampling_batch_size``.
+        """
+        masked = _as_masked(inputs, timestamp_seconds, time_interval_seconds, input_padding_mask, id_mask, num_exogenous_variables)
+        return self.forecast(
+            masked,
+            prediction_length,
+            num_samples=num_samples,
+            samples_per_batch=sampling_batch_size,
+            use_kv_cache=use_kv_cache,
+            future_exogenous_variables=future_exogenous_variables,
+        ).samples
 
     def _forecast(
         self,
@@ -193,11 +256,15 @@ class TotoForecaster:
         num_samples: int | None,
         samples_per_batch: int,
         use_kv_cache: bool,
+        future_exogenous_variables: Tensor | None,
         progress: Callable[[int, int], None] | None,
     ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
         patch = self.model.patch_size
         num_steps = -(-prediction_length // patch)
+        future = known_future(
+            future_exogenous_variables, inputs.num_exogenous_variables, series, num_steps * patch, prediction_length
+        )
         batch, variates, length = series.shape
         num_context = -(-length // patch)  # patches, the first one left-padded
         check_memory(
@@ -209,7 +276,7 @@ class TotoForecaster:
             num_samples=num_samples,
             samples_per_batch=samples_per_batch,
             dtype=self._data_dtype(),
-            device=self.model.device,
+            device=self.device,
             use_kv_cache=use_kv_cache,
             reusable_bytes=pooled_bytes(self._buffers.values()),
         )
@@ -219,9 +286,11 @@ class TotoForecaster:
             chunks = [None] if num_samples is None else [
                 min(samples_per_batch, num_samples - done) for done in range(0, num_samples, samples_per_batch)
             ]
-            paths = torch.cat([self._decode_without_cache(series, observed, ids, num_steps, rows) for rows in chunks])
+            paths = torch.cat(
+                [self._decode_without_cache(series, observed, ids, num_steps, rows, future) for rows in chunks]
+            )
         else:
-            paths = self._decode(series, observed, ids, num_steps, num_samples, samples_per_batch, progress)
+            paths = self._decode(series, observed, ids, num_steps, num_samples, samples_per_batch, future, progress)
         if num_samples is None:
             return Forecast(mean=paths[..., :prediction_length], samples=None)
         # Rows are laid out (sample, series); put samples last.
@@ -230,7 +299,7 @@ class TotoForecaster:
 
     def _data_dtype(self) -> torch.dtype:
         """Inputs, scaler outputs and forecasts: the model's dtype, but at least float32."""
-        dtype = self.model.unembed.weight.dtype
+        dtype = self._model_dtype
         return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
     def _prepare(self, inputs: MaskedTimeseries) -> tuple[Tensor, Tensor, Tensor]:
@@ -248,7 +317,7 @@ class TotoForecaster:
         series, observed = mask_missing(series, observed.to(torch.bool))
         dtype = self._data_dtype()
         check_representable(series, dtype, "inputs.series")
-        series = series.to(device=self.model.device, dtype=dtype)
+        series = series.to(device=self.device, dtype=dtype)
         return series, observed.to(device=series.device), ids.to(device=series.device).expand_as(series)
 
     def _stage(
@@ -281,6 +350,7 @@ class TotoForecaster:
         num_steps: int,
         num_samples: int | None,
         per_batch: int,
+        future: Tensor | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> Float[Tensor, "rows variate steps_x_patch"]:
         """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time.
@@ -296,6 +366,7 @@ class TotoForecaster:
         # Compiled, the context is padded to the whole capacity: one static shape per bucket.
         staged = self._stage(series, observed, ids, capacity if self._prefill.active else num_context)
         last = torch.tensor(num_context - 1, device=series.device)
+        self._set_known_future(context, future, num_context)
         context.state.cache.length = num_context
         self._prefill(self.model, context, *staged, last)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
@@ -303,30 +374,47 @@ class TotoForecaster:
                 progress(1, 1)
             return self._draw(context, num_samples).clone() if sample else context.state.patch.clone()
         if sample:
+            # Sample rows cache only what they decode; the context's cache is their shared prefix.
             repeats = min(per_batch, num_samples)
-            buffers = self._buffers_for(DecodeBuffers, batch * repeats, variates, capacity)
-            self._share(buffers, context, staged[2].shape[-1])  # the slots prefill wrote
+            buffers = self._buffers_for(DecodeBuffers, batch * repeats, variates, decode_capacity(num_steps - 1))
+            step_args = (self.model, buffers, context)
         else:
             buffers = context.state
+            step_args = (self.model, context)
         step = self._steps[sample]
         num_batches = 1 if num_samples is None else -(-num_samples // repeats)
         paths = []
         for batch_index in range(num_batches):
             if sample:
                 self._begin(buffers, context)
-            buffers.cache.length = num_context
+            buffers.cache.length = 0 if sample else num_context
             patches = [buffers.patch.clone()]
             for step_index in range(1, num_steps):
                 buffers.cache.advance(1)
-                step(self.model, buffers)
+                step(*step_args)
                 patches.append(buffers.patch.clone())
                 if progress is not None:
                     progress(batch_index * (num_steps - 1) + step_index, num_batches * (num_steps - 1))
             paths.append(torch.cat(patches, dim=-1))
         return (torch.cat(paths) if len(paths) > 1 else paths[0])[: batch * (num_samples or 1)]
 
+    def _set_known_future(self, context: ContextBuffers, future: Tensor | None, first: int) -> None:
+        """Write the exogenous variates' known future at patch positions ``first`` on (host side, per call)."""
+        values, known = context.future
+        if future is None:
+            if id(known) in self._known_set:  # only after a call with exogenous inputs: one op, not one per call
+                known.fill_(False)
+                self._known_set.discard(id(known))
+            return
+        count, patch = future.shape[1], self.model.patch_size
+        steps = future.shape[-1] // patch
+        values[:, -count:, first : first + steps].copy_(future.unflatten(-1, (steps, patch)))
+        known.fill_(False)
+        known[:, -count:] = True
+        self._known_set.add(id(known))
+
     def _buffers_for(self, kind: type, rows: int, variates: int, capacity: int) -> ContextBuffers | DecodeBuffers:
-        key = (kind, rows, variates, capacity, self._data_dtype(), self.model.device)
+        key = (kind, rows, variates, capacity, self._data_dtype(), self.device)
         if key in self._buffers:
             self._buffers.move_to_end(key)
         else:
@@ -336,25 +424,114 @@ class TotoForecaster:
         return self._buffers[key]
 
     def _decode_without_cache(
-        self, series: Tensor, observed: Tensor, id_patches: Tensor, num_steps: int, sample_rows: int | None
+        self,
+        series: Tensor,
+        observed: Tensor,
+        id_patches: Tensor,
+        num_steps: int,
+        sample_rows: int | None,
+        future: Tensor | None = None,
     ) -> Tensor:
         """Re-encode the whole grown series every step (upstream's ``use_kv_cache=False``)."""
         ids = id_patches.repeat_interleave(self.model.patch_size, dim=-1)
         if sample_rows is not None:
             series, observed, ids = (t.repeat(sample_rows, 1, 1) for t in (series, observed, ids))
+            future = None if future is None else future.repeat(sample_rows, 1, 1)
         prefix_length = series.shape[-1]
         patch_size = self.model.patch_size
         patches = []
-        for _ in range(num_steps):
+        for step in range(num_steps):
             base, loc, scale = self.model(series, observed, ids, scaling_prefix_length=prefix_length)
             last_patch = base.last_steps(patch_size)
             distribution = AffineTransformed(last_patch, loc[..., -patch_size:], scale[..., -patch_size:])
             patch = next_patch(distribution, sample_rows is not None)
+            if future is not None:
+                patch[:, -future.shape[1] :] = future[..., step * patch_size : (step + 1) * patch_size]
             patches.append(patch)
             series = torch.cat((series, patch), dim=-1)
             observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
             ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
         return torch.cat(patches, dim=-1)
+
+
+def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the model's first parameter or buffer (CPU/float32 if it has none).
+
+    Read from the tensors, not from attributes, so that a duck-typed backbone (a mock, a wrapper) works.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    return device, dtype
+
+
+def _as_masked(
+    series: Tensor,
+    timestamp_seconds: Tensor,
+    time_interval_seconds: Tensor,
+    padding_mask: Tensor | None,
+    id_mask: Tensor | None,
+    num_exogenous_variables: int,
+) -> MaskedTimeseries:
+    return MaskedTimeseries(
+        series=series,
+        padding_mask=torch.ones_like(series, dtype=torch.bool) if padding_mask is None else padding_mask,
+        id_mask=torch.zeros_like(series, dtype=torch.int) if id_mask is None else id_mask,
+        timestamp_seconds=timestamp_seconds,
+        time_interval_seconds=time_interval_seconds,
+        num_exogenous_variables=num_exogenous_variables,
+    )
+
+
+def known_future(
+    future: Tensor | None,
+    num_exogenous: int,
+    series: Tensor,
+    padded_length: int,
+    prediction_length: int,
+    name: str = "future_exogenous_variables",
+) -> Float[Tensor, "batch exogenous padded_horizon"] | None:
+    """Validated known future of the exogenous variates, zero-padded to whole patches (as upstream), or None.
+
+    ``name``: the argument that errors name.
+    """
+    batch, variates, _ = series.shape
+    if isinstance(num_exogenous, bool) or not isinstance(num_exogenous, int) or not 0 <= num_exogenous < variates:
+        raise ValueError(
+            f"inputs.num_exogenous_variables={num_exogenous!r}: must be an int from 0 to the number of variates "
+            f"less one ({variates - 1}); the last ones are the exogenous variates"
+        )
+    if future is None:
+        return None
+    if num_exogenous == 0:
+        raise ValueError(
+            f"{name} was given but inputs.num_exogenous_variables is 0: "
+            "set it to the number of exogenous variates (the last ones)"
+        )
+    future = torch.as_tensor(future)
+    if future.ndim == 2:
+        future = future[None]
+    expected = (batch, num_exogenous, prediction_length)
+    if future.ndim != 3:
+        raise ValueError(f"{name} must be [batch, exogenous, prediction_length] {expected}, got shape {tuple(future.shape)}")
+    for dim, (axis, got, want) in enumerate(zip(("batch", "exogenous", "prediction_length"), future.shape, expected)):
+        if got != want:
+            raise ValueError(
+                f"{name} has {got} along dimension {dim} ({axis}), expected {want}: "
+                f"shape {tuple(future.shape)}, expected {expected}"
+            )
+    if not future.is_floating_point():
+        future = future.to(series.dtype)
+    bad = ~torch.isfinite(future)
+    if bad.any():
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name} has a non-finite value ({future[where].item()}) at (batch, exogenous, step) "
+            f"{where}: known future values must be finite"
+        )
+    check_representable(future, series.dtype, name)
+    future = future.to(device=series.device, dtype=series.dtype)
+    return F.pad(future, (0, padded_length - prediction_length))
 
 
 def mask_missing(

@@ -10,9 +10,10 @@ The two terms counted:
 
 * the KV cache: per time-wise layer, keys and values of ``[batch * variates,
   heads, capacity, head_dim]``, capacity being the context plus the decoded
-  patches rounded up to a bucket; once for the context's buffers and, when
-  sampling, once more for the sample rows' (without a cache, the forward pass
-  over the whole grown series still projects one layer's keys and values);
+  patches rounded up to a bucket, for the context's buffers; and when sampling,
+  the sample rows' own cache of the decoded patches (they share the context's);
+  without a cache, the forward pass over the whole grown series still projects
+  one layer's keys and values;
 * the outputs: every sample path of the padded horizon, twice, because the
   decoded patches and their concatenation are alive together.
 
@@ -86,16 +87,16 @@ def estimate_memory(
 
 
 def _kv_cache_bytes(model: TotoBackbone, rows: int, context_patches: int, steps: int, *, sampled: bool) -> int:
-    """Keys and values of every time-wise layer, for the context's rows and, when sampling, one sample row each."""
-    from .forecaster import bucket_capacity  # lazily: the forecaster imports this module
+    """Keys and values of every time-wise layer: the context's rows and, when sampling, one sample row each."""
+    from .forecaster import bucket_capacity, decode_capacity  # lazily: the forecaster imports this module
 
     config = model.config
     layers = max(1, model.transformer.num_time_layers)  # KVCache keeps at least one layer
-    capacity = bucket_capacity(context_patches + steps - 1)
-    per_set = 2 * layers * rows * config.num_heads * capacity * config.head_dim * _model_itemsize(model)
-    # Sampling decodes in buffers of its own, next to the context's (which the mean path decodes in).
-    sets = 2 if sampled and steps > 1 else 1
-    return sets * per_set
+    per_slot = 2 * layers * rows * config.num_heads * config.head_dim * _model_itemsize(model)
+    slots = bucket_capacity(context_patches + steps - 1)
+    if sampled and steps > 1:  # sample rows decode in a cache of their own, of the decoded patches only
+        slots += decode_capacity(steps - 1)
+    return slots * per_slot
 
 
 def _uncached_kv_bytes(model: TotoBackbone, rows: int, context_patches: int, steps: int) -> int:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..config import TotoConfig
 from .distribution import MixtureOfStudentT, MixtureOfStudentTsOutput
-from .kv_cache import KVCache
+from .kv_cache import KVCache, PrefixedCache
 from .layers import PatchEmbedding
 from .scaler import CausalPatchScaler
 from .transformer import Transformer
@@ -68,7 +68,7 @@ class TotoBackbone(nn.Module):
         scaled: Float[Tensor, "batch variate time"],
         id_patches: Int[Tensor, "batch variate patches"],
         positions: Int[Tensor, " patches"],
-        cache: KVCache | None = None,
+        cache: KVCache | PrefixedCache | None = None,
         last: Int[Tensor, ""] | None = None,
     ) -> Float[Tensor, "batch variate patches embed"]:
         """Run scaled patches through the transformer at time ``positions`` (writing ``cache``).

@@ -11,6 +11,8 @@ Two details decide parity with the published weights:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from jaxtyping import Int
 from torch import Tensor, nn
@@ -27,8 +29,8 @@ class XPosRotaryEmbedding(nn.Module):
 
     def tables(
         self, positions: Int[Tensor, " seq"], dtype: torch.dtype, last: Int[Tensor, ""] | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(cos, sin, xPos scale) at ``positions``, each ``[seq, head_dim]``; shared by every layer of a call.
+    ) -> RotaryTables:
+        """The rotation at ``positions`` with the xPos scale folded in, for q and for k; shared by every layer of a call.
 
         The xPos power is centred on ``last // 2``, ``last`` being the call's last real
         position (default: the largest of ``positions``). A prefill right-padded to a
@@ -44,13 +46,41 @@ class XPosRotaryEmbedding(nn.Module):
         power = (t - torch.floor(end / 2)) / self.scale_base
         scale = xpos_base ** power[:, None]
         scale = torch.cat((scale, scale), dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype), scale.to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        tables = torch.stack((cos * scale, sin * scale, cos / scale, sin / scale)).to(dtype)
+        if torch.compiler.is_compiling():
+            tables = computed_once(tables)
+        return RotaryTables(*tables.unbind(0))
 
 
-def apply_rotary(q: Tensor, k: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+@torch.library.custom_op("toto::computed_once", mutates_args=())
+def computed_once(x: Tensor) -> Tensor:
+    """A copy the compiler cannot see through, so that ``x`` is computed once, into memory.
+
+    Inductor inlines cheap-looking elementwise producers into each consumer. For the
+    rotary tables, read by q and k of every layer, that meant recomputing pow, cos and
+    sin for every element of every row on CPU: a tenth of an S2 decode step.
+    """
+    return x.clone()
+
+
+@computed_once.register_fake
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+class RotaryTables(NamedTuple):
+    """``[seq, head_dim]`` tables: q rotates by ``q_cos``/``q_sin`` (scaled by xPos), k by ``k_cos``/``k_sin`` (divided)."""
+
+    q_cos: Tensor
+    q_sin: Tensor
+    k_cos: Tensor
+    k_sin: Tensor
+
+
+def apply_rotary(q: Tensor, k: Tensor, tables: RotaryTables) -> tuple[Tensor, Tensor]:
     """Rotate q and k with precomputed :meth:`XPosRotaryEmbedding.tables`."""
-    cos, sin, scale = tables
-    return (q * cos + _rotate_pairs(q) * sin) * scale, (k * cos + _rotate_pairs(k) * sin) / scale
+    return q * tables.q_cos + _rotate_pairs(q) * tables.q_sin, k * tables.k_cos + _rotate_pairs(k) * tables.k_sin
 
 
 def _rotate_pairs(x: Tensor) -> Tensor:

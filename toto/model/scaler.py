@@ -9,6 +9,11 @@ statistics at its *last* step.
 
 The running sums after the context form a :class:`ScalerState`, so decoding
 scales only the new patch yet reproduces the full-sequence values.
+
+:class:`CausalStdMeanScaler` and :class:`CausalPatchStdMeanScaler` expose the
+same statistics through upstream Toto's API (``padding_mask`` plus ``weights``,
+optional Bessel correction, no global clamp by default) for code written
+against upstream; the model itself uses :class:`CausalPatchScaler`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,35 @@ class ScalerState(NamedTuple):
     min_scale: Tensor  # clamp bounds from the context's global statistics
     max_scale: Tensor
 
+
+def _causal_moments(x64: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-step running weight sum, weighted value sum, mean and Welford M2 along the last axis."""
+    weight_sum = torch.cumsum(w, dim=-1)
+    value_sum = torch.cumsum(w * x64, dim=-1)
+    mean = value_sum / weight_sum.clamp_min(1.0)
+    previous_mean = F.pad(mean[..., :-1], (1, 0))
+    m2 = torch.cumsum((x64 - previous_mean) * (x64 - mean) * w, dim=-1)
+    return weight_sum, value_sum, mean, m2
+
+
+def _causal_variance(weight_sum: Tensor, m2: Tensor, bessel: bool) -> Tensor:
+    # Counts are clamped to 1 so empty and single-value prefixes give variance 0, not inf/NaN.
+    count = weight_sum.clamp_min(1.0)
+    return m2 / (count - 1.0).clamp_min(1.0) if bessel else m2 / count
+
+
+def _global_scale_bounds(
+    x64: Tensor, w: Tensor, prefix_length: int, minimum_scale: float, exponent: float
+) -> tuple[Tensor, Tensor]:
+    """Clamp bounds ``[max(minimum_scale, g / 10**e), g * 10**e]`` from the first ``prefix_length`` steps."""
+    x64, w = x64[..., :prefix_length], w[..., :prefix_length]
+    count = w.sum(-1).clamp_min(1.0)
+    mean = torch.nan_to_num((w * x64).sum(-1) / count)
+    # The weight sits inside the square, as upstream has it: fractional weights count squared.
+    variance = (((x64 - mean[..., None]) * w) ** 2).sum(-1) / count
+    global_scale = torch.sqrt(variance + minimum_scale)
+    factor = 10.0**exponent
+    return (global_scale / factor).clamp_min(minimum_scale), global_scale * factor
 
 
 class CausalPatchScaler(nn.Module):
@@ -55,11 +89,7 @@ class CausalPatchScaler(nn.Module):
         """Scale a whole sequence; returns ``(scaled, loc, scale, state)`` with per-step loc/scale."""
         w = observed.to(torch.float64)
         x64 = x.to(torch.float64)
-        weight_sum = torch.cumsum(w, dim=-1)
-        value_sum = torch.cumsum(w * x64, dim=-1)
-        mean = value_sum / weight_sum.clamp_min(1.0)
-        previous_mean = F.pad(mean[..., :-1], (1, 0))
-        m2 = torch.cumsum((x64 - previous_mean) * (x64 - mean) * w, dim=-1)
+        weight_sum, value_sum, mean, m2 = _causal_moments(x64, w)
 
         min_scale, max_scale = self._bounds(x64, w, x.shape[-1] if prefix_length is None else prefix_length)
         end = slice(self.patch_size - 1, None, self.patch_size)  # last step of each patch
@@ -88,7 +118,7 @@ class CausalPatchScaler(nn.Module):
         return (patch - loc[..., None]) / scale[..., None], loc, scale, new_state
 
     def _loc_scale(self, weight_sum: Tensor, mean: Tensor, m2: Tensor, min_scale: Tensor, max_scale: Tensor):
-        variance = m2 / (weight_sum.clamp_min(1.0) - 1.0).clamp_min(1.0)
+        variance = _causal_variance(weight_sum, m2, bessel=True)
         scale = torch.sqrt(variance + self.minimum_scale)
         return mean, torch.minimum(torch.maximum(scale, min_scale), max_scale)
 
@@ -96,10 +126,132 @@ class CausalPatchScaler(nn.Module):
         if not self.stabilize_with_global:
             inf = torch.full(x64.shape[:-1], torch.inf, dtype=torch.float64, device=x64.device)
             return torch.zeros_like(inf), inf
-        x64, w = x64[..., :prefix_length], w[..., :prefix_length]
-        count = w.sum(-1).clamp_min(1.0)
-        mean = torch.nan_to_num((w * x64).sum(-1) / count)
-        variance = (((x64 - mean[..., None]) * w) ** 2).sum(-1) / count
-        global_scale = torch.sqrt(variance + self.minimum_scale)
-        factor = 10.0**self.scale_factor_exponent
-        return (global_scale / factor).clamp_min(self.minimum_scale), global_scale * factor
+        return _global_scale_bounds(x64, w, prefix_length, self.minimum_scale, self.scale_factor_exponent)
+
+
+# --------------------------------------------------------------------------- upstream-compatible API
+
+
+def _check_scaler_inputs(data: Tensor, padding_mask: Tensor, weights: Tensor, prefix_length: int | None) -> None:
+    # Upstream only asserts on ``weights``; a padding mask of another shape would broadcast silently.
+    if not torch.is_floating_point(data):
+        raise TypeError(f"data must be a floating-point tensor, got {data.dtype}")
+    if data.dim() != 3:
+        raise ValueError(f"data must have shape [batch, variate, time], got {tuple(data.shape)}")
+    for name, tensor in (("padding_mask", padding_mask), ("weights", weights)):
+        if tensor.shape != data.shape:
+            raise ValueError(f"{name} must have data's shape {tuple(data.shape)}, got {tuple(tensor.shape)}")
+    if prefix_length is not None and (isinstance(prefix_length, bool) or not isinstance(prefix_length, int)):
+        raise TypeError(f"prefix_length must be an int or None, got {type(prefix_length).__name__}")
+    if prefix_length is not None and prefix_length < 0:
+        raise ValueError(f"prefix_length must be >= 0, got {prefix_length}")
+
+
+class _UpstreamCausalScaler(nn.Module):
+    """Constructor arguments and per-step statistics shared by the upstream-compatible scalers."""
+
+    def __init__(
+        self,
+        dim: int,
+        minimum_scale: float,
+        use_bessel_correction: bool,
+        stabilize_with_global: bool,
+        scale_factor_exponent: float,
+    ) -> None:
+        super().__init__()
+        if dim != -1:
+            raise ValueError(f"dim must be -1 (the time axis), got {dim}")
+        if minimum_scale < 0:
+            raise ValueError(f"minimum_scale must be >= 0, got {minimum_scale}")
+        self.dim = dim
+        self.minimum_scale = minimum_scale
+        self.use_bessel_correction = use_bessel_correction
+        self.stabilize_with_global = stabilize_with_global
+        self.scale_factor_exponent = scale_factor_exponent
+
+    @torch.no_grad()  # like upstream, the statistics are constants for autograd
+    def _statistics(
+        self, data: Tensor, padding_mask: Tensor, weights: Tensor, prefix_length: int | None
+    ) -> tuple[Tensor, Tensor]:
+        """Causal ``(loc, scale)`` at every step, in ``data``'s dtype (computed in float64)."""
+        _check_scaler_inputs(data, padding_mask, weights, prefix_length)
+        x64 = data.to(torch.float64)
+        w = weights.to(torch.float64) * padding_mask.to(torch.float64)
+        weight_sum, _, mean, m2 = _causal_moments(x64, w)
+        variance = _causal_variance(weight_sum, m2, self.use_bessel_correction)
+        scale = torch.sqrt(variance + self.minimum_scale)
+        if self.stabilize_with_global:
+            prefix = data.shape[-1] if prefix_length is None else prefix_length
+            low, high = _global_scale_bounds(x64, w, prefix, self.minimum_scale, self.scale_factor_exponent)
+            scale = torch.minimum(torch.maximum(scale, low[..., None]), high[..., None])
+        return mean.to(data.dtype), scale.to(data.dtype)
+
+
+class CausalStdMeanScaler(_UpstreamCausalScaler):
+    """Upstream's per-step causal scaler: step ``t`` uses the weighted mean and std of steps ``<= t``.
+
+    ``scale = sqrt(variance + minimum_scale)``; the variance divides by the
+    weight count minus one when ``use_bessel_correction`` (both clamped to 1).
+    With ``stabilize_with_global`` the scale is clamped to within
+    ``10**scale_factor_exponent`` of the global scale of the first
+    ``prefix_length`` steps (all steps by default), and to at least ``minimum_scale``.
+    """
+
+    def __init__(
+        self,
+        dim: int = -1,
+        minimum_scale: float = 0.1,
+        use_bessel_correction: bool = True,
+        stabilize_with_global: bool = False,
+        scale_factor_exponent: float = 10.0,
+    ) -> None:
+        super().__init__(dim, minimum_scale, use_bessel_correction, stabilize_with_global, scale_factor_exponent)
+
+    def forward(
+        self,
+        data: Float[Tensor, "batch variate time"],
+        padding_mask: Tensor,
+        weights: Tensor,
+        prefix_length: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(scaled, loc, scale)``, each shaped like ``data``; padded steps carry no weight."""
+        loc, scale = self._statistics(data, padding_mask, weights, prefix_length)
+        return (data - loc) / scale, loc, scale
+
+
+class CausalPatchStdMeanScaler(_UpstreamCausalScaler):
+    """Upstream's patch-wise causal scaler: every step of a patch uses the statistics at the patch's last step.
+
+    Statistics are those of :class:`CausalStdMeanScaler`; ``data``'s time length
+    must be a multiple of ``patch_size``.
+    """
+
+    def __init__(
+        self,
+        dim: int = -1,
+        patch_size: int = 32,
+        minimum_scale: float = 0.1,
+        use_bessel_correction: bool = True,
+        stabilize_with_global: bool = False,
+        scale_factor_exponent: float = 10.0,
+    ) -> None:
+        super().__init__(dim, minimum_scale, use_bessel_correction, stabilize_with_global, scale_factor_exponent)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        self.patch_size = patch_size
+
+    def forward(
+        self,
+        data: Float[Tensor, "batch variate time"],
+        padding_mask: Tensor,
+        weights: Tensor,
+        prefix_length: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(scaled, loc, scale)``, each shaped like ``data``; loc/scale are constant within a patch."""
+        if data.dim() == 3 and data.shape[-1] % self.patch_size:
+            raise ValueError(f"data's time length {data.shape[-1]} is not a multiple of patch_size {self.patch_size}")
+        loc, scale = self._statistics(data, padding_mask, weights, prefix_length)
+        end = slice(self.patch_size - 1, None, self.patch_size)  # last step of each patch
+        loc = loc[..., end].repeat_interleave(self.patch_size, dim=-1)
+        scale = scale[..., end].repeat_interleave(self.patch_size, dim=-1)
+        return (data - loc) / scale, loc, scale

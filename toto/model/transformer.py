@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..config import TotoConfig
 from .attention import SpaceAttention, TimeAttention, same_id_mask
-from .kv_cache import KVCache
+from .kv_cache import KVCache, PrefixedCache
 from .layers import RMSNorm, swiglu_mlp
 from .rotary import XPosRotaryEmbedding
 
@@ -41,7 +41,7 @@ class Transformer(nn.Module):
         x: Float[Tensor, "batch variate seq embed"],
         id_patches: Int[Tensor, "batch variate seq"],
         positions: Int[Tensor, " seq"],
-        cache: KVCache | None = None,
+        cache: KVCache | PrefixedCache | None = None,
         last: Int[Tensor, ""] | None = None,
     ) -> Float[Tensor, "batch variate seq embed"]:
         """``last``: the last real position when ``positions`` run past it (see ``XPosRotaryEmbedding.tables``)."""

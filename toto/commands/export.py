@@ -1,0 +1,144 @@
+"""``toto-compiled export``: write any loadable checkpoint as ``config.json`` + ``model.safetensors``.
+
+The weights are written under the published checkpoint's names (xFormers' fused
+SwiGLU spelling ``mlp.0.w12``/``mlp.0.w3``), which our loader and upstream's both
+read. The stale ``rotary_emb.freqs`` buffer of the published file is left out:
+both loaders ignore it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import stat
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..finetuned import load_finetuned_toto
+from ..loading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys
+from ..model.toto import Toto
+
+PROG = "toto-compiled export"
+DESCRIPTION = (
+    "Write a checkpoint (hub id, local folder, or a fine-tuned Lightning .ckpt on top of one) as "
+    "config.json + model.safetensors in the published layout, loadable by Toto.from_pretrained(OUTPUT_DIR)."
+)
+# Our unfused SwiGLU names -> the published (fused) ones; map_checkpoint_keys is the inverse.
+_TO_PUBLISHED = (
+    (re.compile(r"\.mlp\.0\.(weight|bias)$"), r".mlp.0.w12.\1"),
+    (re.compile(r"\.mlp\.2\.(weight|bias)$"), r".mlp.0.w3.\1"),
+)
+
+
+class UsageError(Exception):
+    """A user mistake: one error line on stderr, exit code 2."""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="write a checkpoint as config.json + model.safetensors",
+                                   description=DESCRIPTION)
+    add = parser.add_argument
+    add("source", metavar="SOURCE",
+        help="hub id, local folder or model.safetensors; with --finetuned-checkpoint, the base model whose "
+             "config.json applies")
+    add("output_dir", metavar="OUTPUT_DIR", type=Path,
+        help="folder to write config.json and model.safetensors into (created if needed)")
+    add("--finetuned-checkpoint", type=Path, metavar="CKPT",
+        help="weights from a .ckpt of upstream's fine-tuning, read with torch.load(weights_only=True)")
+    add("--force", action="store_true", help="overwrite config.json / model.safetensors already in OUTPUT_DIR")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, then write the two files. A user mistake prints one error line and returns 2."""
+    try:
+        written = export(args.source, args.output_dir, finetuned_checkpoint=args.finetuned_checkpoint, force=args.force)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    return 0
+
+
+def export(
+    source: str,
+    output_dir: str | os.PathLike,
+    *,
+    finetuned_checkpoint: str | os.PathLike | None = None,
+    force: bool = False,
+) -> list[Path]:
+    """Load ``source`` (with ``finetuned_checkpoint``'s weights, if given) and save it into ``output_dir``."""
+    output_dir = Path(output_dir)
+    targets = [output_dir / CONFIG_NAME, output_dir / WEIGHTS_NAME]
+    _check_destination(output_dir, targets, force)  # before the (possibly long) load
+    what = f"{source!r} with {str(finetuned_checkpoint)!r}" if finetuned_checkpoint else repr(source)
+    try:
+        if finetuned_checkpoint is None:
+            model = Toto.from_pretrained(source, device="cpu")
+        else:
+            model = load_finetuned_toto(source, finetuned_checkpoint, map_location="cpu")
+    except (OSError, ValueError) as err:  # no such file, hub failure, bad config, weights or pickle
+        raise UsageError(f"cannot load model {what}: {err}") from None
+    try:
+        return save_toto(model, output_dir)
+    except OSError as err:  # permissions, full disk, ...
+        raise UsageError(f"cannot write into {output_dir}: {err}") from None
+
+
+def save_toto(model: Toto, output_dir: str | os.PathLike) -> list[Path]:
+    """Write ``model`` as ``config.json`` + ``model.safetensors`` (published names); overwrites both."""
+    output_dir = Path(output_dir)
+    state = published_state_dict(model)
+    # Guard the renaming: what we write must map back onto this very model.
+    check_weights(model, map_checkpoint_keys(state, source="export"), source="export")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
+    config, weights = output_dir / CONFIG_NAME, output_dir / WEIGHTS_NAME
+    _write_all({weights: lambda tmp: _save_safetensors(state, tmp), config: lambda tmp: tmp.write_text(config_text)})
+    return [config, weights]
+
+
+def published_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """``model``'s weights under the published names, as contiguous CPU tensors (safetensors needs both)."""
+    state = {}
+    for key, tensor in model.state_dict().items():
+        for pattern, replacement in _TO_PUBLISHED:
+            key = pattern.sub(replacement, key)
+        state[key] = tensor.detach().to("cpu").contiguous()
+    return state
+
+
+def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
+    """``save_file``, but with the permissions a new file gets here (safetensors makes it 0600)."""
+    path.touch()  # created like any file: the umask decides its mode
+    mode = stat.S_IMODE(path.stat().st_mode)
+    save_file(state, str(path))
+    path.chmod(mode)
+
+
+def _check_destination(output_dir: Path, targets: list[Path], force: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"{output_dir}: exists and is not a folder")
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
+
+
+def _write_all(writers: dict[Path, Callable[[Path], object]]) -> None:
+    """Write each file beside its target, then rename them all over: never a truncated or mismatched pair."""
+    temporary = {target: target.with_name(f".{target.name}.{os.getpid()}.tmp") for target in writers}
+    try:
+        for target, write in writers.items():
+            write(temporary[target])
+        for target, tmp in temporary.items():
+            os.replace(tmp, target)
+    finally:
+        for tmp in temporary.values():
+            tmp.unlink(missing_ok=True)

@@ -2,8 +2,8 @@
 
 All decoding state lives in preallocated buffers that the functions here update
 in place: the KV cache, the running float64 scaler sums, the newest patch, the
-write position (a 0-d device tensor) and, for a context, the next patch's
-distribution. Every function is a tensor function with static shapes that reads
+time position (a 0-d device tensor) and, for a context, the next patch's
+distribution and the exogenous variates' known future. Every function is a tensor function with static shapes that reads
 nothing back to the host and re-binds no tensor, so each compiles to one graph
 that CUDA graphs can replay; buffers are marked as static addresses for that
 reason. How many patches a cache holds is host bookkeeping, done by the caller

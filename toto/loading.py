@@ -26,8 +26,13 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_MODEL_ID = "Datadog/Toto-Open-Base-1.0"
 
-# The published checkpoint uses xFormers' fused SwiGLU names; ours are the unfused ones.
-_KEY_RENAMES = ((re.compile(r"\.mlp\.0\.w12\."), ".mlp.0."), (re.compile(r"\.mlp\.0\.w3\."), ".mlp.2."))
+# SwiGLU weights: the published checkpoint's fused names (xFormers) and ours, (published, ours).
+_SWIGLU_NAMES = (("mlp.0.w12", "mlp.0"), ("mlp.0.w3", "mlp.2"))
+_KEY_RENAMES = tuple((re.compile(rf"\.{re.escape(published)}\."), f".{ours}.") for published, ours in _SWIGLU_NAMES)
+# Anchored at the parameter name: ours ("mlp.0") is a prefix of the published "mlp.0.w3".
+_TO_PUBLISHED = tuple(
+    (re.compile(rf"\.{re.escape(ours)}\.(weight|bias)$"), rf".{published}.\1") for published, ours in _SWIGLU_NAMES
+)
 # A stale buffer upstream drops on load; we recompute rotary frequencies instead.
 _IGNORED_KEY = re.compile(r"(^|\.)rotary_emb\.freqs$")
 
@@ -103,6 +108,13 @@ def map_checkpoint_keys(state: dict[str, Tensor], source: str = "checkpoint") ->
         mapped[new_key] = tensor
         origin[new_key] = key
     return mapped
+
+
+def published_key(key: str) -> str:
+    """Our parameter name as the published checkpoint spells it; :func:`map_checkpoint_keys` is the inverse."""
+    for pattern, replacement in _TO_PUBLISHED:
+        key = pattern.sub(replacement, key)
+    return key
 
 
 def check_weights(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import stat
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..finetuned import load_finetuned_toto
-from ..loading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys
+from ..loading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys, published_key
 from ..model.toto import Toto
 
 PROG = "toto-compiled export"
@@ -30,12 +29,6 @@ DESCRIPTION = (
     "Write a checkpoint (hub id, local folder, or a fine-tuned Lightning .ckpt on top of one) as "
     "config.json + model.safetensors in the published layout, loadable by Toto.from_pretrained(OUTPUT_DIR)."
 )
-# Our unfused SwiGLU names -> the published (fused) ones; map_checkpoint_keys is the inverse.
-_TO_PUBLISHED = (
-    (re.compile(r"\.mlp\.0\.(weight|bias)$"), r".mlp.0.w12.\1"),
-    (re.compile(r"\.mlp\.2\.(weight|bias)$"), r".mlp.0.w3.\1"),
-)
-
 
 class UsageError(Exception):
     """A user mistake: one error line on stderr, exit code 2."""
@@ -107,12 +100,7 @@ def save_toto(model: Toto, output_dir: str | os.PathLike) -> list[Path]:
 
 def published_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
     """``model``'s weights under the published names, as contiguous CPU tensors (safetensors needs both)."""
-    state = {}
-    for key, tensor in model.state_dict().items():
-        for pattern, replacement in _TO_PUBLISHED:
-            key = pattern.sub(replacement, key)
-        state[key] = tensor.detach().to("cpu").contiguous()
-    return state
+    return {published_key(key): tensor.detach().to("cpu").contiguous() for key, tensor in model.state_dict().items()}
 
 
 def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:

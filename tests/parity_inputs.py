@@ -38,3 +38,16 @@ def scenario(name: str, patch: int):
 
 
 SCENARIOS = ["univariate", "multivariate_groups", "left_padding", "large_magnitude", "constant_stretch", "missing_values"]
+
+
+def masked_inputs(module, series: torch.Tensor, num_exogenous: int = 0):
+    """``series`` as ``module.MaskedTimeseries`` (ours or the oracle's): all observed, one id, 60 s steps."""
+    batch, variates, _ = series.shape
+    return module.MaskedTimeseries(
+        series=series,
+        padding_mask=torch.ones_like(series, dtype=torch.bool),
+        id_mask=torch.zeros_like(series, dtype=torch.int),
+        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
+        time_interval_seconds=torch.full((batch, variates), 60, dtype=torch.int),
+        num_exogenous_variables=num_exogenous,
+    )

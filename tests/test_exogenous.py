@@ -10,30 +10,18 @@ import math
 
 import pytest
 import torch
+from compile_health import steady_state
 from oracle import import_oracle
-from parity_inputs import random_walk
+from parity_inputs import masked_inputs, random_walk
 
 import toto.data.util.dataset as ours_dataset
 from toto import Toto, TotoForecaster
-from toto.diagnostics import snapshot
 
 MODES = ["cached", "compiled", "uncached"]
 
 
 def rel(ours: torch.Tensor, oracle: torch.Tensor) -> float:
     return ((ours.double() - oracle.double()).abs().max() / oracle.double().abs().max()).item()
-
-
-def _inputs(module, series, num_exogenous: int):
-    batch, variates, _ = series.shape
-    return module.MaskedTimeseries(
-        series=series,
-        padding_mask=torch.ones_like(series, dtype=torch.bool),
-        id_mask=torch.zeros_like(series, dtype=torch.int),
-        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
-        time_interval_seconds=torch.full((batch, variates), 60, dtype=torch.int),
-        num_exogenous_variables=num_exogenous,
-    )
 
 
 def _case(patch: int, variates: int, horizon: int, seed: int = 11):
@@ -68,10 +56,10 @@ def test_mean_forecast_with_a_known_future_matches_upstream(models, mode, exogen
     upstream = import_oracle("inference.forecaster")
     use_cache = mode != "uncached"
     a = _forecaster(ours, mode).forecast(
-        _inputs(ours_dataset, series, exogenous), horizon, use_kv_cache=use_cache, future_exogenous_variables=future
+        masked_inputs(ours_dataset, series, exogenous), horizon, use_kv_cache=use_cache, future_exogenous_variables=future
     )
     b = upstream.TotoForecaster(theirs).forecast(
-        _inputs(import_oracle("data.util.dataset"), series, exogenous),
+        masked_inputs(import_oracle("data.util.dataset"), series, exogenous),
         horizon,
         use_kv_cache=use_cache,
         future_exogenous_variables=future,
@@ -92,11 +80,11 @@ def test_sampled_forecast_with_a_known_future(models, mode, record):
     series, future = series[:1], future_all[:1, -1:]
     torch.manual_seed(5)
     a = _forecaster(ours, mode).forecast(
-        _inputs(ours_dataset, series, 1), horizon, num_samples=n, samples_per_batch=300, future_exogenous_variables=future
+        masked_inputs(ours_dataset, series, 1), horizon, num_samples=n, samples_per_batch=300, future_exogenous_variables=future
     )
     torch.manual_seed(6)
     b = import_oracle("inference.forecaster").TotoForecaster(theirs).forecast(
-        _inputs(import_oracle("data.util.dataset"), series, 1),
+        masked_inputs(import_oracle("data.util.dataset"), series, 1),
         horizon,
         num_samples=n,
         samples_per_batch=300,
@@ -120,7 +108,7 @@ def test_the_known_future_changes_the_targets_forecast(models):
     patch = ours.patch_size
     series, future = _case(patch, 2, 3 * patch)
     forecaster = TotoForecaster(ours, torch_compile=False)
-    inputs = _inputs(ours_dataset, series, 1)
+    inputs = masked_inputs(ours_dataset, series, 1)
     low = forecaster.forecast(inputs, 3 * patch, future_exogenous_variables=future[:, -1:])
     high = forecaster.forecast(inputs, 3 * patch, future_exogenous_variables=future[:, -1:] + 50.0)
     assert torch.equal(low.mean[:, :1, :patch], high.mean[:, :1, :patch])  # the first patch comes from the context
@@ -140,7 +128,7 @@ def test_compiled_exogenous_decoding_adds_no_graph_or_recompile(models):
     torch._dynamo.reset()
     forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True)
     series, future = _case(patch, 3, 2 * patch)
-    inputs, plain = _inputs(ours_dataset, series, 2), _inputs(ours_dataset, series, 0)
+    inputs, plain = masked_inputs(ours_dataset, series, 2), masked_inputs(ours_dataset, series, 0)
     calls = [
         lambda: forecaster.forecast(inputs, 2 * patch, future_exogenous_variables=future[:, -2:]),
         lambda: forecaster.forecast(inputs, 2 * patch - 3, future_exogenous_variables=future[:, -2:, :-3]),
@@ -148,13 +136,7 @@ def test_compiled_exogenous_decoding_adds_no_graph_or_recompile(models):
         lambda: forecaster.forecast(inputs, 2 * patch, 8, 4, future_exogenous_variables=future[:, -2:]),
         lambda: forecaster.forecast(plain, 2 * patch, 8, 4),
     ]
-    for call in calls:
-        call()
-    before = snapshot()
-    with torch.compiler.set_stance("fail_on_recompile"):
-        for call in calls:
-            call()
-    steady = snapshot() - before
+    steady = steady_state(calls)
     assert steady.graphs == 0 and steady.recompiles == 0 and steady.graph_breaks == 0
 
 
@@ -172,7 +154,7 @@ def test_a_mismatched_future_is_named(models, future_shape, message):
     series, _ = _case(ours.patch_size, 3, 20)
     with pytest.raises(ValueError, match=f"future_exogenous_variables has .*{message}|future_exogenous_variables {message}"):
         TotoForecaster(ours, torch_compile=False).forecast(
-            _inputs(ours_dataset, series, 1), 20, future_exogenous_variables=torch.zeros(future_shape)
+            masked_inputs(ours_dataset, series, 1), 20, future_exogenous_variables=torch.zeros(future_shape)
         )
 
 
@@ -181,7 +163,7 @@ def test_exogenous_count_must_leave_a_target(models, count):
     ours, _ = models
     series, _ = _case(ours.patch_size, 3, 20)
     with pytest.raises(ValueError, match=f"num_exogenous_variables={count}"):
-        TotoForecaster(ours, torch_compile=False).forecast(_inputs(ours_dataset, series, count), 20)
+        TotoForecaster(ours, torch_compile=False).forecast(masked_inputs(ours_dataset, series, count), 20)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -192,7 +174,7 @@ def test_a_non_finite_future_value_is_refused_with_its_position(models, bad):
     future[1, 0, 7] = bad
     with pytest.raises(ValueError, match=r"non-finite value .* at \(batch, exogenous, step\) \(1, 0, 7\)"):
         TotoForecaster(ours, torch_compile=False).forecast(
-            _inputs(ours_dataset, series, 1), 20, future_exogenous_variables=future
+            masked_inputs(ours_dataset, series, 1), 20, future_exogenous_variables=future
         )
 
 
@@ -201,7 +183,7 @@ def test_a_future_without_exogenous_variates_is_refused(models):
     series, future = _case(ours.patch_size, 3, 20)
     with pytest.raises(ValueError, match="num_exogenous_variables is 0"):
         TotoForecaster(ours, torch_compile=False).forecast(
-            _inputs(ours_dataset, series, 0), 20, future_exogenous_variables=future[:, -1:]
+            masked_inputs(ours_dataset, series, 0), 20, future_exogenous_variables=future[:, -1:]
         )
 
 
@@ -210,9 +192,9 @@ def test_unbatched_inputs_take_an_unbatched_future(models):
     ours, _ = models
     series, future = _case(ours.patch_size, 3, 20)
     forecaster = TotoForecaster(ours, torch_compile=False)
-    batched = forecaster.forecast(_inputs(ours_dataset, series[:1], 1), 20, future_exogenous_variables=future[:1, -1:])
+    batched = forecaster.forecast(masked_inputs(ours_dataset, series[:1], 1), 20, future_exogenous_variables=future[:1, -1:])
     single = forecaster.forecast(
-        _inputs(ours_dataset, series[:1], 1)._replace(
+        masked_inputs(ours_dataset, series[:1], 1)._replace(
             series=series[0], padding_mask=torch.ones_like(series[0], dtype=torch.bool),
             id_mask=torch.zeros_like(series[0], dtype=torch.int),
         ),
@@ -229,7 +211,7 @@ def test_upstream_generate_mean_and_samples(models):
     patch = ours.patch_size
     series, future = _case(patch, 3, 2 * patch)
     forecaster = TotoForecaster(ours, torch_compile=False)
-    inputs = _inputs(ours_dataset, series, 1)
+    inputs = masked_inputs(ours_dataset, series, 1)
     stamps, intervals = inputs.timestamp_seconds, inputs.time_interval_seconds
     expected = forecaster.forecast(inputs, 2 * patch, future_exogenous_variables=future[:, -1:]).mean
     mean = forecaster.generate_mean(
@@ -273,7 +255,7 @@ def test_pipeline_future_covariates(pipeline):
     # The same numbers as the forecaster with upstream's argument, at the same seed.
     torch.manual_seed(3)
     direct = pipeline.forecaster.forecast(
-        _inputs(ours_dataset, series, 1), 20, 8, 4, future_exogenous_variables=future[:, -1:]
+        masked_inputs(ours_dataset, series, 1), 20, 8, 4, future_exogenous_variables=future[:, -1:]
     )
     torch.testing.assert_close(samples, direct.samples[1:2].float())
     # A single (1, variates, time) series may give its covariates without the batch dimension; numpy works too.

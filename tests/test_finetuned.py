@@ -157,16 +157,31 @@ def test_unexpected_and_missing_keys_are_named(tiny_checkpoint, tmp_path):
     assert "missing keys ['model.unembed.bias']" in message
 
 
-def test_variate_labels_are_refused_by_name(tiny_checkpoint, tmp_path):
+def test_variate_labels_load_and_export(tiny_checkpoint, tmp_path):
+    """A model fine-tuned with exogenous features (upstream's enable_variate_labels) loads and exports whole."""
     state = finetuned_state()
     state["model.target_variate_label"] = torch.randn(EMBED_DIM)
     state["model.exogenous_variate_label"] = torch.randn(EMBED_DIM)
     path = save_lightning_checkpoint(tmp_path / "exogenous.ckpt", state, add_exogenous_features=True)
-    with pytest.raises(CheckpointError) as info:
+    model = load_finetuned_toto(tiny_checkpoint, path)
+    assert model.model.num_prepended_tokens == 1
+    assert_same_weights(model, state)
+
+    out = tmp_path / "exported"
+    assert main(["export", str(tiny_checkpoint), str(out), "--finetuned-checkpoint", str(path)]) == 0
+    written = load_file(str(out / "model.safetensors"))
+    assert torch.equal(written["model.target_variate_label"], state["model.target_variate_label"])
+    exported = Toto.load_from_checkpoint(out)
+    assert_same_weights(exported, state)
+    assert torch.equal(mean_forecast(exported), mean_forecast(model))
+
+
+def test_one_variate_label_alone_is_named_as_missing_the_other(tiny_checkpoint, tmp_path):
+    state = finetuned_state()
+    state["model.exogenous_variate_label"] = torch.randn(EMBED_DIM)
+    path = save_lightning_checkpoint(tmp_path / "half.ckpt", state)
+    with pytest.raises(CheckpointError, match=r"missing keys \['model.target_variate_label'\]"):
         load_finetuned_toto(tiny_checkpoint, path)
-    message = str(info.value)
-    assert str(path) in message and "not supported yet" in message
-    assert "['model.exogenous_variate_label', 'model.target_variate_label']" in message
 
 
 @pytest.mark.parametrize(

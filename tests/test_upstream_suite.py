@@ -8,14 +8,16 @@ in a subprocess whose ``PYTHONPATH`` starts with this repository, so every
 ``import toto`` in it is ours. An empty ``pytest.ini`` there keeps our own
 configuration and conftest out of that run.
 
-What upstream's suite holds (17 tests):
+What upstream's suite holds (17 tests), all expected to pass:
 
-* ``model/scaler_test.py``: 6 tests, all expected to pass.
-* ``inference/gluonts_predictor_test.py``: 4 tests, all expected to pass.
-* ``inference/forecaster_test.py``: 5 tests, EXCLUDED below; each has a real-model
-  equivalent at the end of this file.
-* ``model/fusion_test.py``: 2 tests, KNOWN_FAILURES below (the module cannot be
-  imported yet, so pytest reports it as one collection error).
+* ``model/scaler_test.py``: 6 tests (our upstream-compatible scalers).
+* ``model/fusion_test.py``: 2 tests (variate labels: ``Transformer(fusion=...)``,
+  ``toto.model.util.KVCache`` with upstream's constructor).
+* ``inference/gluonts_predictor_test.py``: 4 tests.
+* ``inference/forecaster_test.py``: 5 tests on a ``MagicMock(spec=TotoBackbone)`` whose
+  call returns upstream's ``(distribution, loc, scale)``. Our forecaster drives any model
+  other than our backbone through that call protocol (``toto.inference.stepwise``).
+  The real-model tests at the end of this file check the same calls with real outputs.
 * ``model/attention_test.py``: collects 0 tests. It defines only a ``mock_inputs``
   fixture and no test function, so all it checks is that the module imports,
   i.e. that ``toto.model.transformer.Transformer`` and ``toto.model.util.KVCache``
@@ -42,27 +44,16 @@ from toto import Toto, TotoForecaster
 from toto.data.util.dataset import MaskedTimeseries
 from toto.inference.forecaster import Forecast
 
-# Upstream tests not run at all (passed to pytest as --deselect), node id -> reason.
-_MOCKED_CALL = (
-    "mocks TotoBackbone.__call__ to return upstream's (distribution, loc, scale) tuple, an internal "
-    "call contract our forecaster does not use (it drives model.scaler, model.encode and model.head); "
-    "real-model equivalent: test_real_model_{name} below"
-)
-EXCLUDED = {
-    f"inference/forecaster_test.py::test_{name}": _MOCKED_CALL.format(name=name)
-    for name in ("forecast_mean", "forecast_samples", "generate_mean", "generate_samples", "forecast_kv_cache")
-}
+# Upstream tests not run at all (passed to pytest as --deselect), node id -> reason. Only
+# tests of upstream-internal call contracts may be listed, each with a real-model
+# equivalent named test_real_model_<name> in this file.
+EXCLUDED: dict[str, str] = {}
 
 # Upstream tests that run and are expected to fail, node id -> reason. Once one passes,
 # this suite fails until it is removed from here.
-_NO_FUSION = "variate labels (toto.model.fusion.Fusion, Transformer(fusion=...)) not implemented yet: issue 10 item 2"
-KNOWN_FAILURES = {
-    "model/fusion_test.py::test_fusion_prepends_token_without_kvcache": _NO_FUSION,
-    "model/fusion_test.py::test_fusion_prepends_only_initial_step_with_kvcache": _NO_FUSION,
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
-# Passing upstream tests today: 6 scaler + 4 GluonTS predictor. Raise it as more pass.
-MIN_PASSING = 10
+MIN_PASSING = 17
 
 PACKAGE = "upstream_test"
 UPSTREAM_TESTS = ORACLE_DIR / "toto_upstream" / "test"
@@ -141,7 +132,7 @@ def upstream_run(tmp_path_factory) -> UpstreamRun:
         sys.executable, "-m", "pytest", PACKAGE,
         "-c", "pytest.ini", "--rootdir", str(root), "-o", "addopts=", "-p", "no:cacheprovider",
         "-q", "-rA",
-        # fusion_test.py cannot be imported yet; run everything else regardless.
+        # A module that fails to import must not hide the others' results.
         "--continue-on-collection-errors",
         *(arg for node in EXCLUDED for arg in ("--deselect", f"{PACKAGE}/{node}")),
     ]
@@ -207,7 +198,7 @@ def test_every_exclusion_has_a_real_model_equivalent():
         assert callable(globals().get(f"test_real_model_{name}")), node
 
 
-# --------------------------------------------------------------------------- real-model equivalents
+# --------------------------------------------------------------------------- real-model counterparts
 # What upstream's forecaster_test.py checks against a mocked backbone, checked here with our
 # TotoForecaster over a tiny random-weight checkpoint. Inputs mirror upstream's mock_inputs
 # (2 series of 2 variates, integer timestamps, float zero id_mask), with a context of several

@@ -37,6 +37,16 @@ PUBLISHED_CONFIG: dict[str, Any] = {
 _IGNORED_KEYS = frozenset({"use_memory_efficient_attention", "pre_xformers_checkpoint"})
 
 
+def spacewise_layers(num_layers: int, every_n_layers: int, first: bool) -> tuple[bool, ...]:
+    """For each layer, whether it attends across variates: one in every ``every_n_layers``
+    (the first or the last of each block), none if it is -1."""
+    if every_n_layers == -1:
+        return (False,) * num_layers
+    block = [False] * (every_n_layers - 1)
+    block = [True, *block] if first else [*block, True]
+    return tuple(block * (num_layers // every_n_layers))
+
+
 class ConfigError(ValueError):
     """A ``config.json`` that does not describe a Toto model we can build."""
 
@@ -69,12 +79,7 @@ class TotoConfig:
     @property
     def spacewise_layers(self) -> tuple[bool, ...]:
         """For each layer, whether it attends across variates (else across time)."""
-        n = self.spacewise_every_n_layers
-        if n == -1:
-            return (False,) * self.num_layers
-        block = [False] * (n - 1)
-        block = [True, *block] if self.spacewise_first else [*block, True]
-        return tuple(block * (self.num_layers // n))
+        return spacewise_layers(self.num_layers, self.spacewise_every_n_layers, self.spacewise_first)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -33,8 +33,6 @@ from .model.toto import Toto
 
 STATE_DICT_KEY = "state_dict"  # where Lightning puts the module's weights
 MODEL_PREFIX = "model."  # TotoForFinetuning.model and Toto.model: the backbone, under the same name
-# Parameters upstream's enable_variate_labels() adds (fine-tuning with exogenous features).
-_VARIATE_LABEL_KEY = re.compile(r"(^|\.)(target|exogenous)_variate_label$")
 # torch.load(weights_only=True) messages: a class or function to import (code), or any other refusal.
 _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 _UNPICKLER_ERROR = "WeightsUnpickler error:"
@@ -61,10 +59,9 @@ def load_finetuned_toto(
 
 
 def read_finetuned_state(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The checkpoint's weights under our key names, after refusing what we cannot load."""
+    """The checkpoint's weights under our key names."""
     path = Path(path)
     state = _model_state(_load_weights_only(path), path)
-    _refuse_variate_labels(state, path)
     return map_checkpoint_keys(state, source=str(path))
 
 
@@ -139,12 +136,3 @@ def _model_state(checkpoint: object, path: Path) -> dict[str, Tensor]:
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointError(f"{where}: entry {key!r} is a {type(value).__name__}, not a tensor")
     return dict(state)
-
-
-def _refuse_variate_labels(state: Mapping[str, Tensor], path: Path) -> None:
-    labels = sorted(key for key in state if _VARIATE_LABEL_KEY.search(key))
-    if labels:
-        raise CheckpointError(
-            f"{path}: keys {labels} are variate-label parameters (upstream's enable_variate_labels, "
-            "from fine-tuning with add_exogenous_features); variate labels are not supported yet"
-        )

@@ -33,6 +33,9 @@ _KEY_RENAMES = tuple((re.compile(rf"\.{re.escape(published)}\."), f".{ours}.") f
 _TO_PUBLISHED = tuple(
     (re.compile(rf"\.{re.escape(ours)}\.(weight|bias)$"), rf".{published}.\1") for published, ours in _SWIGLU_NAMES
 )
+# Parameters of upstream's enable_variate_labels() (fine-tuning with exogenous features):
+# a checkpoint holding them loads into a model with variate labels enabled.
+VARIATE_LABEL_KEYS = ("model.target_variate_label", "model.exogenous_variate_label")
 # A stale buffer upstream drops on load; we recompute rotary frequencies instead.
 _IGNORED_KEY = re.compile(r"(^|\.)rotary_emb\.freqs$")
 
@@ -161,6 +164,8 @@ def build_toto(
 
     with torch.device("meta"):
         model = Toto(config)
+        if any(key in state for key in VARIATE_LABEL_KEYS):  # fine-tuned with exogenous features
+            model.model.enable_variate_labels()
     check_weights(model, state, source=source)
     if dtype is None:
         dtype = next(iter(state.values())).dtype

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 
-def published_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+def published_shapes(config: dict, variate_labels: bool = False) -> dict[str, tuple[int, ...]]:
+    """Key -> shape; ``variate_labels`` adds the two label vectors of a model fine-tuned with exogenous features."""
     e, p, h = config["embed_dim"], config["patch_size"], config["mlp_hidden_dim"]
     k = config["output_distribution_kwargs"]["k_components"]
     shapes = {
@@ -45,17 +46,22 @@ def published_shapes(config: dict) -> dict[str, tuple[int, ...]]:
                 f"{layer}.mlp.0.w3.bias": (e,),
             }
         )
+    if variate_labels:
+        shapes["model.target_variate_label"] = (e,)
+        shapes["model.exogenous_variate_label"] = (e,)
     return shapes
 
 
-def random_published_state(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_published_state(config: dict, seed: int = 0, variate_labels: bool = False) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for key, shape in published_shapes(config).items():
+    for key, shape in published_shapes(config, variate_labels).items():
         if key.endswith("rotary_emb.freqs"):
             state[key] = torch.rand(shape, generator=gen)  # stale junk: must be ignored
         elif key.endswith(".scale"):
             state[key] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif key.endswith("_variate_label"):
+            state[key] = torch.randn(shape, generator=gen)  # unit length once fused: any scale will do
         elif key.endswith(".bias"):
             state[key] = 0.02 * torch.randn(shape, generator=gen)
         elif key.startswith("model.output_distribution."):

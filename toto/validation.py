@@ -12,6 +12,15 @@ def check_int(name: str, value: object, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be {kind}, got {value!r}")
 
 
+def check_num_exogenous(value: object, variates: int, name: str = "num_exogenous_variables") -> None:
+    """Raise ``ValueError`` unless ``value`` counts exogenous variates (the last ones) leaving at least one target."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < variates:
+        raise ValueError(
+            f"{name}={value!r}: must be an int from 0 to the number of variates less one ({variates - 1}); "
+            "the last ones are the exogenous variates"
+        )
+
+
 def check_representable(values: torch.Tensor, dtype: torch.dtype, name: str) -> None:
     """Raise ``ValueError`` naming the first finite value of ``values`` that overflows ``dtype``.
 

@@ -116,7 +116,8 @@ class ContextBuffers(NamedTuple):
     def allocate(
         cls, model: TotoBackbone, rows: int, variates: int, capacity: int, data_dtype: torch.dtype, device
     ) -> "ContextBuffers":
-        state = DecodeBuffers.allocate(model, rows, variates, capacity, data_dtype, device)
+        # The cache also holds the label tokens, if the model prepends any.
+        state = DecodeBuffers.allocate(model, rows, variates, capacity + model.num_prepended_tokens, data_dtype, device)
         mixture_shape = (rows, variates, model.patch_size, model.config.k_components)
         head = NextPatch(
             *(torch.ones(mixture_shape, dtype=data_dtype, device=device) for _ in range(4)),
@@ -146,6 +147,7 @@ def prefill(
     observed: Bool[Tensor, "batch variate time"],
     id_patches: Int[Tensor, "batch variate patches"],
     last: Int[Tensor, ""],
+    exogenous: Bool[Tensor, " variate"] | None = None,
 ) -> None:
     """Encode a context into ``context``: its cache slots, scaler state, position and next patch.
 
@@ -155,12 +157,13 @@ def prefill(
     padded steps are unobserved, so they add nothing to the scaler's sums or its global
     clamp; the xPos centring is taken from ``last``; and decoding overwrites the padded
     cache slots from ``last + 1`` on, hiding them by position until then. The patch buffer
-    receives the next patch's mean, the start of the mean path.
+    receives the next patch's mean, the start of the mean path. ``exogenous`` marks the
+    exogenous variates, for the model's variate labels if it has them.
     """
     patch = model.patch_size
     scaled, loc, scale, stats = model.scaler(series, observed)
     positions = torch.arange(id_patches.shape[-1], device=series.device)
-    hidden = model.encode(scaled, id_patches, positions, context.state.cache, last)
+    hidden = model.encode(scaled, id_patches, positions, context.state.cache, last, start=True, exogenous=exogenous)
     at_last = last.reshape(1)
     mixture = model.head(hidden.index_select(2, at_last))
     end = (at_last + 1) * patch - 1  # the last real step, whose statistics scale the next patch
@@ -212,7 +215,8 @@ def decode_step(
     scaled, loc, scale, stats = model.scaler.step(buffers.scaler, buffers.patch)
     cache = buffers.cache
     if shared_prefix:
-        cache = PrefixedCache(cache, context.state.cache, context.state.position)
+        # Prefix slots hold the context's tokens: its patches and any label token before them.
+        cache = PrefixedCache(cache, context.state.cache, context.state.position + model.num_prepended_tokens)
     hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache)
     distribution = AffineTransformed(model.head(hidden), loc[..., None], scale[..., None])
     buffers.patch.copy_(context.future.apply(next_patch(distribution, sample), buffers.position + 1))

@@ -17,10 +17,11 @@ from ..compile import CompiledFunction, CompileSettings
 from ..compile_cache import CompileCache
 from ..data.util.dataset import MaskedTimeseries, fill_missing, padded_length
 from ..diagnostics import compiled_graph_count
-from ..model.backbone import TotoBackbone
+from ..model.backbone import TotoBackbone, exogenous_variates
 from ..model.distribution import AffineTransformed
-from ..validation import check_int, check_representable
+from ..validation import check_int, check_num_exogenous, check_representable
 from .memory import check_memory, pooled_bytes
+from .stepwise import decode_by_calls
 from .decoding import (
     ContextBuffers,
     DecodeBuffers,
@@ -121,6 +122,9 @@ class TotoForecaster:
         self.model = model
         self.model.eval()
         self.device, self._model_dtype = _device_and_dtype(model)
+        # Our backbone takes the fast path; any other model is driven through upstream's call
+        # protocol (toto.inference.stepwise). By type: a mock specced as TotoBackbone passes isinstance.
+        self._native = issubclass(type(model), TotoBackbone)
         self.compile_settings = CompileSettings.resolve(
             torch_compile, compile_mode, compile_backend, self.device, compile_prefill
         )
@@ -143,6 +147,11 @@ class TotoForecaster:
         self._lock = threading.RLock()
 
     @property
+    def patch_size(self) -> int:
+        # Read when needed, not at init: upstream's tests build a forecaster on a bare mock.
+        return self.model.patch_embed.stride
+
+    @property
     def compiled(self) -> bool:
         """Whether decode steps currently run compiled (False after a compile failure)."""
         return all(step.active for step in self._steps.values())
@@ -157,7 +166,7 @@ class TotoForecaster:
 
     def capacity_for(self, context_length: int, prediction_length: int) -> int:
         """KV-cache capacity (patches) of a call: its buffers' and compiled graphs' bucket."""
-        patch = self.model.patch_size
+        patch = self.patch_size
         return bucket_capacity(-(-context_length // patch) + -(-prediction_length // patch) - 1)
 
     def clear_buffers(self) -> None:
@@ -260,37 +269,45 @@ class TotoForecaster:
         progress: Callable[[int, int], None] | None,
     ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
-        patch = self.model.patch_size
+        patch = self.patch_size
         num_steps = -(-prediction_length // patch)
         future = known_future(
             future_exogenous_variables, inputs.num_exogenous_variables, series, num_steps * patch, prediction_length
         )
         batch, variates, length = series.shape
         num_context = -(-length // patch)  # patches, the first one left-padded
-        check_memory(
-            self.model,
-            batch=batch,
-            variates=variates,
-            context_patches=num_context,
-            prediction_length=prediction_length,
-            num_samples=num_samples,
-            samples_per_batch=samples_per_batch,
-            dtype=self._data_dtype(),
-            device=self.device,
-            use_kv_cache=use_kv_cache,
-            reusable_bytes=pooled_bytes(self._buffers.values()),
-        )
+        if self._native:  # the estimate reads our backbone's config
+            check_memory(
+                self.model,
+                batch=batch,
+                variates=variates,
+                context_patches=num_context,
+                prediction_length=prediction_length,
+                num_samples=num_samples,
+                samples_per_batch=samples_per_batch,
+                dtype=self._data_dtype(),
+                device=self.device,
+                use_kv_cache=use_kv_cache,
+                reusable_bytes=pooled_bytes(self._buffers.values()),
+            )
 
-        if not use_kv_cache:
-            series, observed, ids = self._stage(series, observed, ids, num_context)
+        if not (use_kv_cache and self._native):
+            series, observed, id_patches = self._stage(series, observed, ids, num_context)
+            ids = id_patches.repeat_interleave(patch, dim=-1)
             chunks = [None] if num_samples is None else [
                 min(samples_per_batch, num_samples - done) for done in range(0, num_samples, samples_per_batch)
             ]
+            k = inputs.num_exogenous_variables
             paths = torch.cat(
-                [self._decode_without_cache(series, observed, ids, num_steps, rows, future) for rows in chunks]
+                [
+                    decode_by_calls(self.model, series, observed, ids, patch, num_steps, rows, future, k, use_kv_cache)
+                    for rows in chunks
+                ]
             )
         else:
-            paths = self._decode(series, observed, ids, num_steps, num_samples, samples_per_batch, future, progress)
+            paths = self._decode(
+                series, observed, ids, num_steps, num_samples, samples_per_batch, future, inputs.num_exogenous_variables, progress
+            )
         if num_samples is None:
             return Forecast(mean=paths[..., :prediction_length], samples=None)
         # Rows are laid out (sample, series); put samples last.
@@ -329,7 +346,7 @@ class TotoForecaster:
         unobserved zeros that causal attention and the causal scaler never let a real patch
         see. Returns one id per patch.
         """
-        patch = self.model.patch_size
+        patch = self.patch_size
         length = series.shape[-1]
         left = padded_length(length, patch) - length
         sides = (left, num_patches * patch - length - left)
@@ -351,6 +368,7 @@ class TotoForecaster:
         num_samples: int | None,
         per_batch: int,
         future: Tensor | None = None,
+        num_exogenous: int = 0,
         progress: Callable[[int, int], None] | None = None,
     ) -> Float[Tensor, "rows variate steps_x_patch"]:
         """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time.
@@ -359,16 +377,19 @@ class TotoForecaster:
         compiled graph serves them all.
         """
         batch, variates, length = series.shape
-        num_context = -(-length // self.model.patch_size)
+        num_context = -(-length // self.patch_size)
         sample = num_samples is not None
-        capacity = self.capacity_for(length, num_steps * self.model.patch_size)
+        capacity = self.capacity_for(length, num_steps * self.patch_size)
         context = self._buffers_for(ContextBuffers, batch, variates, capacity)
         # Compiled, the context is padded to the whole capacity: one static shape per bucket.
         staged = self._stage(series, observed, ids, capacity if self._prefill.active else num_context)
         last = torch.tensor(num_context - 1, device=series.device)
         self._set_known_future(context, future, num_context)
-        context.state.cache.length = num_context
-        self._prefill(self.model, context, *staged, last)
+        labels = self.model.num_prepended_tokens
+        context.state.cache.length = labels + num_context
+        # Only variate labels read which variates are exogenous; without them, skip making the mask.
+        exogenous = exogenous_variates(variates, num_exogenous, series.device) if labels else None
+        self._prefill(self.model, context, *staged, last, exogenous)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
             if progress is not None:
                 progress(1, 1)
@@ -387,7 +408,7 @@ class TotoForecaster:
         for batch_index in range(num_batches):
             if sample:
                 self._begin(buffers, context)
-            buffers.cache.length = 0 if sample else num_context
+            buffers.cache.length = 0 if sample else labels + num_context
             patches = [buffers.patch.clone()]
             for step_index in range(1, num_steps):
                 buffers.cache.advance(1)
@@ -406,7 +427,7 @@ class TotoForecaster:
                 known.fill_(False)
                 self._known_set.discard(id(known))
             return
-        count, patch = future.shape[1], self.model.patch_size
+        count, patch = future.shape[1], self.patch_size
         steps = future.shape[-1] // patch
         values[:, -count:, first : first + steps].copy_(future.unflatten(-1, (steps, patch)))
         known.fill_(False)
@@ -422,36 +443,6 @@ class TotoForecaster:
                 self._buffers.popitem(last=False)
             self._buffers[key] = kind.allocate(self.model, rows, variates, capacity, *key[-2:])
         return self._buffers[key]
-
-    def _decode_without_cache(
-        self,
-        series: Tensor,
-        observed: Tensor,
-        id_patches: Tensor,
-        num_steps: int,
-        sample_rows: int | None,
-        future: Tensor | None = None,
-    ) -> Tensor:
-        """Re-encode the whole grown series every step (upstream's ``use_kv_cache=False``)."""
-        ids = id_patches.repeat_interleave(self.model.patch_size, dim=-1)
-        if sample_rows is not None:
-            series, observed, ids = (t.repeat(sample_rows, 1, 1) for t in (series, observed, ids))
-            future = None if future is None else future.repeat(sample_rows, 1, 1)
-        prefix_length = series.shape[-1]
-        patch_size = self.model.patch_size
-        patches = []
-        for step in range(num_steps):
-            base, loc, scale = self.model(series, observed, ids, scaling_prefix_length=prefix_length)
-            last_patch = base.last_steps(patch_size)
-            distribution = AffineTransformed(last_patch, loc[..., -patch_size:], scale[..., -patch_size:])
-            patch = next_patch(distribution, sample_rows is not None)
-            if future is not None:
-                patch[:, -future.shape[1] :] = future[..., step * patch_size : (step + 1) * patch_size]
-            patches.append(patch)
-            series = torch.cat((series, patch), dim=-1)
-            observed = torch.cat((observed, torch.ones_like(patch, dtype=torch.bool)), dim=-1)
-            ids = torch.cat((ids, ids[..., -1:].expand_as(patch)), dim=-1)
-        return torch.cat(patches, dim=-1)
 
 
 def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:
@@ -496,11 +487,7 @@ def known_future(
     ``name``: the argument that errors name.
     """
     batch, variates, _ = series.shape
-    if isinstance(num_exogenous, bool) or not isinstance(num_exogenous, int) or not 0 <= num_exogenous < variates:
-        raise ValueError(
-            f"inputs.num_exogenous_variables={num_exogenous!r}: must be an int from 0 to the number of variates "
-            f"less one ({variates - 1}); the last ones are the exogenous variates"
-        )
+    check_num_exogenous(num_exogenous, variates, "inputs.num_exogenous_variables")
     if future is None:
         return None
     if num_exogenous == 0:

@@ -165,7 +165,7 @@ def prefill(
     positions = torch.arange(id_patches.shape[-1], device=series.device)
     hidden = model.encode(scaled, id_patches, positions, context.state.cache, last, start=True, exogenous=exogenous)
     at_last = last.reshape(1)
-    mixture = model.head(hidden.index_select(2, at_last))
+    mixture = model.fast_head(hidden.index_select(2, at_last))
     end = (at_last + 1) * patch - 1  # the last real step, whose statistics scale the next patch
     head = NextPatch(
         mixture.df, mixture.loc, mixture.scale, mixture.logits, loc.index_select(-1, end), scale.index_select(-1, end)
@@ -218,7 +218,7 @@ def decode_step(
         # Prefix slots hold the context's tokens: its patches and any label token before them.
         cache = PrefixedCache(cache, context.state.cache, context.state.position + model.num_prepended_tokens)
     hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache)
-    distribution = AffineTransformed(model.head(hidden), loc[..., None], scale[..., None])
+    distribution = AffineTransformed(model.fast_head(hidden), loc[..., None], scale[..., None])
     buffers.patch.copy_(context.future.apply(next_patch(distribution, sample), buffers.position + 1))
     for dst, src in zip(buffers.scaler[:3], stats[:3]):  # the clamp bounds never change
         dst.copy_(src)

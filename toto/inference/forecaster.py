@@ -380,6 +380,7 @@ class TotoForecaster:
         num_context = -(-length // self.patch_size)
         sample = num_samples is not None
         capacity = self.capacity_for(length, num_steps * self.patch_size)
+        self.model.refresh_fused_head()  # host-side, before any compiled step reads the folded head
         context = self._buffers_for(ContextBuffers, batch, variates, capacity)
         # Compiled, the context is padded to the whole capacity: one static shape per bucket.
         staged = self._stage(series, observed, ids, capacity if self._prefill.active else num_context)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..config import TotoConfig
 from ..validation import check_num_exogenous
 from .distribution import MixtureOfStudentT, MixtureOfStudentTsOutput
+from .fused_head import FusedHead
 from .fusion import Fusion
 from .kv_cache import KVCache, PrefixedCache
 from .layers import PatchEmbedding
@@ -49,6 +50,7 @@ class TotoBackbone(nn.Module):
         )
         self.unembed = nn.Linear(config.embed_dim, config.embed_dim * config.patch_size)
         self.output_distribution = MixtureOfStudentTsOutput(config.embed_dim, config.k_components)
+        self.fused_head = FusedHead()  # derived from unembed and output_distribution; not in the state dict
         # Variate labels (upstream's enable_variate_labels): off unless a checkpoint holds them.
         self.fusion: Fusion | None = None
         self.num_prepended_tokens = 0  # label tokens before the first patch: time positions shift by this
@@ -143,6 +145,20 @@ class TotoBackbone(nn.Module):
         """Per-step mixture for the patch *after* each input patch, in the scaled space."""
         features = self.unembed(hidden).unflatten(-1, (self.patch_size, self.embed_dim))
         return self.output_distribution(features.flatten(2, 3))
+
+    def fast_head(self, hidden: Float[Tensor, "batch variate patches embed"]) -> MixtureOfStudentT:
+        """:meth:`head` through one folded matrix (:mod:`toto.model.fused_head`); equal up to rounding.
+
+        Eager calls refold if a weight changed; compiled callers call :meth:`refresh_fused_head`
+        first, on the host (the forecaster does, every call).
+        """
+        if not torch.compiler.is_compiling():
+            self.refresh_fused_head()
+        return self.fused_head(hidden, self.patch_size)
+
+    def refresh_fused_head(self) -> None:
+        """Refold :meth:`fast_head`'s matrix if ``unembed`` or ``output_distribution`` changed."""
+        self.fused_head.refresh(self.unembed, self.output_distribution, self.patch_size)
 
     def id_patches(self, id_mask: Tensor, like: Tensor) -> Int[Tensor, "batch variate patches"]:
         """One id per patch (its minimum, as upstream); ``id_mask`` may broadcast over variates or time."""

@@ -114,11 +114,20 @@ class MixtureOfStudentTsOutput(nn.Module):
         self.scale_proj = nn.Linear(embed_dim, k_components)
         self.mixture_weights = nn.Linear(embed_dim, k_components)
 
+    def projections(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """The four projections, in the order :meth:`mixture` takes their outputs."""
+        return self.df, self.loc_proj, self.scale_proj, self.mixture_weights
+
     def forward(self, x: Float[Tensor, "... embed"]) -> MixtureOfStudentT:
-        eps = torch.finfo(x.dtype).eps
+        return self.mixture(*(projection(x) for projection in self.projections()))
+
+    @staticmethod
+    def mixture(df: Tensor, loc: Tensor, scale: Tensor, logits: Tensor) -> MixtureOfStudentT:
+        """The mixture from the projections' raw outputs (``[..., k]`` each)."""
+        eps = torch.finfo(df.dtype).eps
         return MixtureOfStudentT(
-            df=2.0 + F.softplus(self.df(x)).clamp_min(eps),
-            loc=self.loc_proj(x),
-            scale=F.softplus(self.scale_proj(x)).clamp_min(eps),
-            logits=self.mixture_weights(x),
+            df=2.0 + F.softplus(df).clamp_min(eps),
+            loc=loc,
+            scale=F.softplus(scale).clamp_min(eps),
+            logits=logits,
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from toto.data.util.dataset import masked_timeseries
+
 
 def random_walk(batch: int, variates: int, length: int, level: float = 0.0, step: float = 1.0, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
@@ -41,13 +43,5 @@ SCENARIOS = ["univariate", "multivariate_groups", "left_padding", "large_magnitu
 
 
 def masked_inputs(module, series: torch.Tensor, num_exogenous: int = 0):
-    """``series`` as ``module.MaskedTimeseries`` (ours or the oracle's): all observed, one id, 60 s steps."""
-    batch, variates, _ = series.shape
-    return module.MaskedTimeseries(
-        series=series,
-        padding_mask=torch.ones_like(series, dtype=torch.bool),
-        id_mask=torch.zeros_like(series, dtype=torch.int),
-        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
-        time_interval_seconds=torch.full((batch, variates), 60, dtype=torch.int),
-        num_exogenous_variables=num_exogenous,
-    )
+    """``series`` as ``module.MaskedTimeseries`` (ours or the oracle's): all observed, one id group."""
+    return masked_timeseries(series, container=module.MaskedTimeseries)._replace(num_exogenous_variables=num_exogenous)

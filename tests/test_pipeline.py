@@ -177,3 +177,59 @@ def test_bad_pipeline_options(tiny_checkpoint, option, match):
 def test_warmup_runs_a_forecast_at_load(tiny_checkpoint):
     pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", warmup_sequence=100)
     assert pipeline.last_run_metadata["num_samples_used"] == 512  # the warm-up call
+
+
+# --- batches of series -----------------------------------------------------------------------
+
+
+def test_batches_are_length_sorted_and_cover_every_series():
+    from toto.pipeline import length_sorted_batches, trim_to_longest
+
+    observed = torch.zeros(5, 2, 10, dtype=torch.bool)
+    for item, start in enumerate([6, 0, 8, 3, 6]):
+        observed[item, item % 2, start:] = True  # the context starts at the first variate observed
+    batches = length_sorted_batches(observed, 2)
+    assert [b.tolist() for b in batches] == [[1, 3], [0, 4], [2]]
+    series = torch.arange(50.0).reshape(5, 10)[:, None].expand(5, 2, 10)
+    trimmed, mask = trim_to_longest(series[batches[1]], observed[batches[1]])
+    assert trimmed.shape[-1] == 4 and mask.any(dim=1).all()  # both start at step 6: nothing left to pad
+
+
+def test_each_batch_of_one_is_the_series_forecast_alone(pipeline):
+    """Batch i is seeded with seed + i, longest first, and the output is back in input order."""
+    patch = pipeline.forecaster.patch_size
+    lengths = [2 * patch + 5, 5 * patch, patch + 1]
+    context = [walk(n, seed=n) for n in lengths]
+    got = pipeline.predict(context, patch + 3, num_samples=6, samples_per_batch=6, seed=11, batch_size=1)
+    assert pipeline.last_run_metadata["num_batches"] == 3 and pipeline.last_run_metadata["batch_size"] == 1
+    order = sorted(range(3), key=lambda i: -lengths[i])  # batch number of each series
+    for i, series in enumerate(context):
+        alone = pipeline.predict(series, patch + 3, num_samples=6, samples_per_batch=6, seed=11 + order.index(i))
+        np.testing.assert_array_equal(got[i].samples, alone[0].samples)
+
+
+def test_a_short_series_is_not_changed_by_a_long_one(pipeline):
+    """Leading padding is hidden: a short series' forecast (its sample mean, many samples)
+    is the same next to a long series as alone, up to Monte-Carlo error."""
+    patch = pipeline.forecaster.patch_size
+    short, long = walk(patch + 5, seed=1), 10.0 + walk(8 * patch, seed=2)
+    n = 2000
+    alone = pipeline.predict(short, patch, num_samples=n, samples_per_batch=n, seed=1)[0].samples[0, 0]
+    together = pipeline.predict([short, long], patch, num_samples=n, samples_per_batch=n, seed=2)[0].samples[0, 0]
+    spread = np.sqrt(alone.var(-1) / n + together.var(-1) / n)
+    assert (np.abs(alone.mean(-1) - together.mean(-1)) <= 5 * spread).all()
+
+
+def test_batch_progress_counts_over_all_batches(pipeline):
+    patch = pipeline.forecaster.patch_size
+    seen = []
+    context = [walk(n, seed=n) for n in (patch + 2, 3 * patch, 2 * patch)]
+    pipeline.predict(context, 3 * patch, num_samples=4, samples_per_batch=2, batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] and all(t == seen[0][1] for _, t in seen)
+    assert [d for d, _ in seen] == list(range(1, len(seen) + 1))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_batch_size_must_be_a_positive_int(pipeline, bad):
+    with pytest.raises(ValueError, match="batch_size"):
+        pipeline.predict(torch.ones(40), 8, num_samples=2, batch_size=bad)

@@ -231,6 +231,7 @@ class TotoPipeline:
         seed: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         future_covariates: Any = None,
+        batch_size: int | None = None,
         **kwargs: Any,
     ) -> list[TotoForecast]:
         """Sample forecasts, one :class:`TotoForecast` per series.
@@ -239,7 +240,14 @@ class TotoPipeline:
         batch dimension for one series): the known future of the context's *last*
         ``covariates`` variates, which replaces what the model decodes for them (upstream's
         exogenous variables). The forecasts report them as given.
-        ``progress(done, total)`` is called after each decoded patch of each sample batch.
+
+        Series are forecast ``batch_size`` at a time (default: all at once), longest
+        first, each batch cut to its own longest series, so short series are not padded
+        to the longest of the whole call. Leading padding is hidden from the model
+        (``hide_leading_padding``): each series is forecast as it would be alone, so the
+        mean path does not depend on ``batch_size``. With ``seed``, batch ``i`` is seeded
+        with ``seed + i``. ``progress(done, total)`` is called after each decoded patch of
+        each sample batch of each batch of series.
         """
         unknown = sorted(set(kwargs) - IGNORED_PREDICT_OPTIONS)
         if unknown:
@@ -247,24 +255,49 @@ class TotoPipeline:
         check_int("prediction_length", prediction_length)
         check_int("num_samples", num_samples)
         check_int("samples_per_batch", samples_per_batch)
+        if batch_size is not None:
+            check_int("batch_size", batch_size)
         series, observed = normalize_context(context)
-        # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
-        inputs = masked_timeseries(series, observed, time_interval_seconds)
         future = None
         if future_covariates is not None:
             future = covariates_tensor(future_covariates, series, prediction_length)
-            inputs = inputs._replace(num_exogenous_variables=future.shape[1])
+        batches = length_sorted_batches(observed, batch_size or series.shape[0])
         with self._lock:
-            samples, used = self._forecast_with_backoff(
-                inputs, prediction_length, num_samples, samples_per_batch, seed, progress, future
-            )
+            before = snapshot()
+            parts, retries = [], 0
+            for number, index in enumerate(batches):
+                # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
+                inputs = masked_timeseries(*trim_to_longest(series[index], observed[index]), time_interval_seconds)
+                chunk_future = None
+                if future is not None:
+                    chunk_future = future[index]
+                    inputs = inputs._replace(num_exogenous_variables=future.shape[1])
+                samples, used = self._forecast_with_backoff(
+                    inputs,
+                    prediction_length,
+                    num_samples,
+                    samples_per_batch,
+                    None if seed is None else seed + number,
+                    _batch_progress(progress, number, len(batches)),
+                    chunk_future,
+                )
+                parts.append(samples)
+                retries += used["oom_retries"]
             self.last_run_metadata = {
                 "num_samples_requested": num_samples,
                 "samples_per_batch_requested": samples_per_batch,
-                "batch_size": series.shape[0],
+                "batch_size": len(batches[0]),
+                "num_batches": len(batches),
                 **used,
+                "oom_retries": retries,
+                "compile_stats": (snapshot() - before).as_dict(),
             }
-        array = samples.float().cpu().numpy()
+            # A back-off may have cut num_samples in some batches only: keep what all have.
+            kept = min(part.shape[-1] for part in parts)
+            samples = torch.empty(series.shape[0], *parts[0].shape[1:-1], kept, dtype=parts[0].dtype)
+            for index, part in zip(batches, parts):
+                samples[index] = part[..., :kept].cpu()
+        array = samples.float().numpy()
         return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
 
     def predict_quantiles(
@@ -313,6 +346,7 @@ class TotoPipeline:
                         min(per_batch, num_samples),
                         future_exogenous_variables=future,
                         progress=progress,
+                        hide_leading_padding=True,
                     )
                 break
             except torch.cuda.OutOfMemoryError:
@@ -356,6 +390,32 @@ class TotoPipeline:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def length_sorted_batches(observed: Tensor, batch_size: int) -> list[Tensor]:
+    """Indices of the series in batches of ``batch_size``, longest context first.
+
+    A context starts at its first observed value in any variate; neighbours in length
+    share a batch, so the left padding inside each batch stays small.
+    """
+    start = observed.any(dim=1).int().argmax(dim=-1)  # every series has an observed value
+    order = torch.sort(start, stable=True).indices  # earliest start = longest context first
+    return list(order.split(batch_size))
+
+
+def trim_to_longest(series: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the leading steps that no series of the batch observes."""
+    start = int(observed.any(dim=1).any(dim=0).int().argmax())
+    return series[..., start:], observed[..., start:]
+
+
+def _batch_progress(
+    progress: Callable[[int, int], None] | None, number: int, count: int
+) -> Callable[[int, int], None] | None:
+    """``progress`` over all batches of series, from one batch's ``(done, total)``."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(number * total + done, count * total)
 
 
 @contextmanager

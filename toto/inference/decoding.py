@@ -105,12 +105,14 @@ class KnownFuture(NamedTuple):
 
 
 class ContextBuffers(NamedTuple):
-    """A prefilled context: its decode state (one row per series), the first patch's distribution
-    and the exogenous variates' known future."""
+    """A prefilled context: its decode state (one row per series), the first patch's distribution,
+    the exogenous variates' known future, and each series' first patch after its left padding
+    (patches before it are hidden from time attention; all 0 unless the call asked for that)."""
 
     state: DecodeBuffers
     head: NextPatch
     future: KnownFuture
+    first_real: Int[Tensor, " rows"]
 
     @classmethod
     def allocate(
@@ -127,11 +129,12 @@ class ContextBuffers(NamedTuple):
             torch.zeros(rows, variates, capacity + 1, model.patch_size, dtype=data_dtype, device=device),
             torch.zeros(rows, variates, 1, dtype=torch.bool, device=device),
         )
-        mark_static([*head, *future])
-        return cls(state, head, future)
+        first_real = torch.zeros(rows, dtype=torch.long, device=device)
+        mark_static([*head, *future, first_real])
+        return cls(state, head, future, first_real)
 
     def tensors(self) -> list[Tensor]:
-        return [*self.state.tensors(), *self.head, *self.future]
+        return [*self.state.tensors(), *self.head, *self.future, self.first_real]
 
 
 def mark_static(tensors: Iterable[Tensor]) -> None:
@@ -148,6 +151,7 @@ def prefill(
     id_patches: Int[Tensor, "batch variate patches"],
     last: Int[Tensor, ""],
     exogenous: Bool[Tensor, " variate"] | None = None,
+    first_real: Int[Tensor, " batch"] | None = None,
 ) -> None:
     """Encode a context into ``context``: its cache slots, scaler state, position and next patch.
 
@@ -158,12 +162,20 @@ def prefill(
     clamp; the xPos centring is taken from ``last``; and decoding overwrites the padded
     cache slots from ``last + 1`` on, hiding them by position until then. The patch buffer
     receives the next patch's mean, the start of the mean path. ``exogenous`` marks the
-    exogenous variates, for the model's variate labels if it has them.
+    exogenous variates, for the model's variate labels if it has them. ``first_real``: each
+    series' first patch after its left padding, which time attention hides before it, now
+    and in every later step (None: nothing hidden, as upstream).
     """
     patch = model.patch_size
     scaled, loc, scale, stats = model.scaler(series, observed)
     positions = torch.arange(id_patches.shape[-1], device=series.device)
-    hidden = model.encode(scaled, id_patches, positions, context.state.cache, last, start=True, exogenous=exogenous)
+    hidden = model.encode(
+        scaled, id_patches, positions, context.state.cache, last, start=True, exogenous=exogenous, first_real=first_real
+    )
+    if first_real is None:
+        context.first_real.zero_()
+    else:
+        context.first_real.copy_(first_real)
     at_last = last.reshape(1)
     mixture = model.fast_head(hidden.index_select(2, at_last))
     end = (at_last + 1) * patch - 1  # the last real step, whose statistics scale the next patch
@@ -217,7 +229,7 @@ def decode_step(
     if shared_prefix:
         # Prefix slots hold the context's tokens: its patches and any label token before them.
         cache = PrefixedCache(cache, context.state.cache, context.state.position + model.num_prepended_tokens)
-    hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache)
+    hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache, first_real=context.first_real)
     distribution = AffineTransformed(model.fast_head(hidden), loc[..., None], scale[..., None])
     buffers.patch.copy_(context.future.apply(next_patch(distribution, sample), buffers.position + 1))
     for dst, src in zip(buffers.scaler[:3], stats[:3]):  # the clamp bounds never change

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ..compile import CompiledFunction, CompileSettings
@@ -185,6 +185,7 @@ class TotoForecaster:
         future_exogenous_variables: Float[Tensor, "batch exogenous horizon"] | None = None,
         *,
         progress: Callable[[int, int], None] | None = None,
+        hide_leading_padding: bool = False,
     ) -> Forecast:
         """Forecast ``prediction_length`` steps: the mean path (``num_samples=None``) or sample paths.
 
@@ -195,12 +196,22 @@ class TotoForecaster:
         and the forecast reports it for those variates, as upstream does. Without it they are
         decoded like the targets. ``progress(done, total)`` is called on the host after each
         decoded patch of each sample batch.
+
+        ``hide_leading_padding``: whole patches before a series' first observed value (over
+        its variates) are hidden from time attention, so a series left-padded to share a
+        batch with longer ones is forecast as it would be alone. Upstream attends to them,
+        so this is off by default; it needs ``use_kv_cache=True``.
         """
         check_int("prediction_length", prediction_length)
         check_int("samples_per_batch", samples_per_batch)
         if num_samples is not None:
             check_int("num_samples", num_samples)
-        args = (inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, future_exogenous_variables, progress)
+        if hide_leading_padding and not (use_kv_cache and self._native):
+            raise ValueError("hide_leading_padding needs use_kv_cache=True and a TotoBackbone")
+        args = (
+            inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, future_exogenous_variables, progress,
+            hide_leading_padding,
+        )
         with self._lock:
             if self._compile_cache is None:
                 return self._forecast(*args)
@@ -267,6 +278,7 @@ class TotoForecaster:
         use_kv_cache: bool,
         future_exogenous_variables: Tensor | None,
         progress: Callable[[int, int], None] | None,
+        hide_leading_padding: bool = False,
     ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
         patch = self.patch_size
@@ -306,7 +318,8 @@ class TotoForecaster:
             )
         else:
             paths = self._decode(
-                series, observed, ids, num_steps, num_samples, samples_per_batch, future, inputs.num_exogenous_variables, progress
+                series, observed, ids, num_steps, num_samples, samples_per_batch, future, inputs.num_exogenous_variables,
+                progress, hide_leading_padding,
             )
         if num_samples is None:
             return Forecast(mean=paths[..., :prediction_length], samples=None)
@@ -370,6 +383,7 @@ class TotoForecaster:
         future: Tensor | None = None,
         num_exogenous: int = 0,
         progress: Callable[[int, int], None] | None = None,
+        hide_leading_padding: bool = False,
     ) -> Float[Tensor, "rows variate steps_x_patch"]:
         """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time.
 
@@ -390,7 +404,8 @@ class TotoForecaster:
         context.state.cache.length = labels + num_context
         # Only variate labels read which variates are exogenous; without them, skip making the mask.
         exogenous = exogenous_variates(variates, num_exogenous, series.device) if labels else None
-        self._prefill(self.model, context, *staged, last, exogenous)
+        first_real = first_observed_patch(staged[1], self.patch_size) if hide_leading_padding else None
+        self._prefill(self.model, context, *staged, last, exogenous, first_real)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
             if progress is not None:
                 progress(1, 1)
@@ -444,6 +459,12 @@ class TotoForecaster:
                 self._buffers.popitem(last=False)
             self._buffers[key] = kind.allocate(self.model, rows, variates, capacity, *key[-2:])
         return self._buffers[key]
+
+
+def first_observed_patch(observed: Bool[Tensor, "batch variate time"], patch_size: int) -> Int[Tensor, " batch"]:
+    """Each series' first patch holding an observed value in any variate (every series has one)."""
+    any_observed = observed.unflatten(-1, (-1, patch_size)).any(-1).any(1)  # [batch, patches]
+    return any_observed.int().argmax(-1)  # the first True; no host sync
 
 
 def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:

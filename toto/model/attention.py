@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -41,26 +43,73 @@ class TimeAttention(_Attention):
         positions: Int[Tensor, " seq"],
         cache: KVCache | PrefixedCache | None = None,
         slot: int = 0,
+        padding: LeadingPadding | None = None,
     ) -> Float[Tensor, "batch variate seq embed"]:
-        """``rotation``: the rotary tables at ``positions`` (``XPosRotaryEmbedding.tables``)."""
+        """``rotation``: the rotary tables at ``positions`` (``XPosRotaryEmbedding.tables``).
+
+        ``padding``: leading patches of each row to hide from every key (see :class:`LeadingPadding`).
+        """
         batch, variates, seq, _ = x.shape
         q, k, v = self._qkv(x.flatten(0, 1))
         q, k = apply_rotary(q, k, rotation)
         if isinstance(cache, PrefixedCache):
             if seq != 1:
                 raise ValueError(f"a PrefixedCache decodes one patch at a time, got {seq}")
-            return self._out(attend_after_prefix(q, k, v, positions, cache, slot)).unflatten(0, (batch, variates))
+            y = attend_after_prefix(q, k, v, positions, cache, slot, padding)
+            return self._out(y).unflatten(0, (batch, variates))
         if cache is None or seq > 1:
             # Prefill: a cache, if any, is empty here, so causal attention over
             # the new tokens alone is exactly attention over the cache.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if padding is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                causal = positions[None, :] <= positions[:, None]
+                # A padded query still sees itself: a row with no visible key would be NaN.
+                mask = causal & (padding.visible(positions, variates) | torch.eye(seq, dtype=torch.bool, device=x.device))
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if cache is not None:
             cache.write(slot, positions, k, v)
             if seq == 1:
                 keys, values = cache.layer(slot)
-                valid = torch.arange(cache.capacity, device=x.device) <= positions[:, None]
+                slots = torch.arange(cache.capacity, device=x.device)
+                valid = slots <= positions[:, None]
+                if padding is not None:
+                    valid = valid & padding.visible(slots, variates)
                 y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=valid)
         return self._out(y).unflatten(0, (batch, variates))
+
+
+class LeadingPadding(NamedTuple):
+    """Tokens ``[labels, first_real)`` of each row are padding that time attention hides.
+
+    A series left-padded by whole patches to share a batch with longer ones then
+    attends as it would alone (upstream attends to such padding). Label tokens, before
+    ``labels``, stay visible.
+    """
+
+    first_real: Int[Tensor, " batch"]  # token position of each series' first real patch
+    labels: int = 0
+
+    def visible(self, keys: Int[Tensor, " n"], variates: int) -> Bool[Tensor, "rows 1 1 n"]:
+        """Which key positions each (series, variate) row may attend to."""
+        first = self.first_real.repeat_interleave(variates)[:, None, None, None]
+        return (keys < self.labels) | (keys >= first)
+
+    def rotary_positions(
+        self, positions: Int[Tensor, " seq"], last: Int[Tensor, ""] | None, batch: int, variates: int
+    ) -> tuple[Int[Tensor, "rows seq"], Int[Tensor, " rows"]]:
+        """Per-row rotary positions (and last real position) as the row would have alone.
+
+        Rotary attention here is not purely relative (the xPos scale is laid out apart
+        from the rotation pairs), so a shifted series would attend slightly differently;
+        moving its real tokens back by its padding gives it its own positions. ``batch``
+        rows may be several blocks of the series (sample rows, laid out (block, series)).
+        """
+        per_series = (self.first_real - self.labels).repeat_interleave(variates)
+        shift = per_series.repeat(batch // self.first_real.shape[0])[:, None]
+        moved = torch.where(positions < self.labels, positions, positions - shift)
+        end = (positions.max() if last is None else last) - shift[:, 0]
+        return moved, end
 
 
 def attend_after_prefix(
@@ -70,6 +119,7 @@ def attend_after_prefix(
     positions: Int[Tensor, " 1"],
     cache: PrefixedCache,
     slot: int,
+    padding: LeadingPadding | None = None,
 ) -> Float[Tensor, "rows heads 1 head_dim"]:
     """One new token per row, attending to the shared prefix and to the row's own cached tokens.
 
@@ -90,10 +140,15 @@ def attend_after_prefix(
     q_by_series = by_series(q.squeeze(2))
     prefix_scores = q_by_series @ prefix_keys.to(q.dtype).transpose(-1, -2)
     own_scores = by_series((q @ own_keys.to(q.dtype).transpose(-1, -2)).squeeze(2))
-    prefix_valid = torch.arange(prefix_keys.shape[2], device=q.device) < cache.prefix_length
+    prefix_slots = torch.arange(prefix_keys.shape[2], device=q.device)
+    prefix_valid = prefix_slots < cache.prefix_length
     own_valid = torch.arange(own_keys.shape[2], device=q.device) <= own_positions
     scores = torch.cat((prefix_scores, own_scores), dim=-1).float() * head_dim**-0.5
-    scores = scores.masked_fill(~torch.cat((prefix_valid, own_valid)), float("-inf"))
+    valid = torch.cat((prefix_valid, own_valid))
+    if padding is not None:  # only the context has padding; it is the prefix, one row per series
+        hidden = ~padding.visible(prefix_slots, series // padding.first_real.shape[0])  # [series, 1, 1, prefix]
+        valid = valid & ~F.pad(hidden, (0, own_keys.shape[2]))
+    scores = scores.masked_fill(~valid, float("-inf"))
     weights = scores.softmax(dim=-1).to(q.dtype)
     prefix_weights, own_weights = weights.split((prefix_keys.shape[2], own_keys.shape[2]), dim=-1)
     from_prefix = (prefix_weights @ prefix_values.to(q.dtype)).permute(2, 0, 1, 3).flatten(0, 1)

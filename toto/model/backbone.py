@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..config import TotoConfig
 from ..validation import check_num_exogenous
+from .attention import LeadingPadding
 from .distribution import MixtureOfStudentT, MixtureOfStudentTsOutput
 from .fused_head import FusedHead
 from .fusion import Fusion
@@ -121,6 +122,7 @@ class TotoBackbone(nn.Module):
         *,
         start: bool = False,
         exogenous: Bool[Tensor, " variate"] | None = None,
+        first_real: Int[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, "batch variate patches embed"]:
         """Run scaled patches at patch ``positions`` through the transformer (writing ``cache``).
 
@@ -128,9 +130,12 @@ class TotoBackbone(nn.Module):
         ``start``: this call starts the sequence. With variate labels, it prepends each
         variate's label (exogenous where ``exogenous``); every call places patches one
         token later, so the cache and the rotary angles count the label as upstream does.
+        ``first_real``: each series' first patch that is not left padding; time attention
+        hides the patches before it (:class:`~toto.model.attention.LeadingPadding`).
         """
         embedded = self.patch_embed(scaled.to(self.unembed.weight.dtype))
         shift = self.num_prepended_tokens
+        padding = None if first_real is None else LeadingPadding(first_real + shift, shift)
         if shift:
             positions = positions + shift
             last = None if last is None else last + shift
@@ -138,8 +143,9 @@ class TotoBackbone(nn.Module):
                 labels = self.variate_label_embeds(exogenous, *embedded.shape[:2])
                 embedded, id_patches = self.transformer.prepend_labels(embedded, id_patches, labels)
                 positions = torch.cat((torch.arange(shift, device=positions.device), positions))
-                return self.transformer.encode_at(embedded, id_patches, positions, cache, last)[:, :, shift:]
-        return self.transformer.encode_at(embedded, id_patches, positions, cache, last)
+                hidden = self.transformer.encode_at(embedded, id_patches, positions, cache, last, padding)
+                return hidden[:, :, shift:]
+        return self.transformer.encode_at(embedded, id_patches, positions, cache, last, padding)
 
     def head(self, hidden: Float[Tensor, "batch variate patches embed"]) -> MixtureOfStudentT:
         """Per-step mixture for the patch *after* each input patch, in the scaled space."""

@@ -28,26 +28,33 @@ class XPosRotaryEmbedding(nn.Module):
         self.scale_base = scale_base
 
     def tables(
-        self, positions: Int[Tensor, " seq"], dtype: torch.dtype, last: Int[Tensor, ""] | None = None
+        self,
+        positions: Int[Tensor, "*rows seq"],
+        dtype: torch.dtype,
+        last: Int[Tensor, "*rows"] | None = None,
     ) -> RotaryTables:
         """The rotation at ``positions`` with the xPos scale folded in, for q and for k; shared by every layer of a call.
 
         The xPos power is centred on ``last // 2``, ``last`` being the call's last real
         position (default: the largest of ``positions``). A prefill right-padded to a
         static length passes it, so the keys it caches carry the centring an unpadded
-        call would have given them.
+        call would have given them. ``positions`` ``[rows, seq]`` (with ``last`` ``[rows]``)
+        gives each row its own positions: tables ``[rows, 1, seq, head_dim]``, one per row
+        for every head.
         """
         half = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32)
         inv_freq = 1.0 / self.theta ** (half / self.head_dim)
         t = positions.to(torch.float32)
-        angles = (t[:, None] * inv_freq).repeat_interleave(2, dim=-1)
+        angles = (t[..., None] * inv_freq).repeat_interleave(2, dim=-1)
         xpos_base = (half + 0.4 * self.head_dim) / (1.4 * self.head_dim)
-        end = t.max() if last is None else last.to(torch.float32)
-        power = (t - torch.floor(end / 2)) / self.scale_base
-        scale = xpos_base ** power[:, None]
+        end = t.amax(-1) if last is None else last.to(torch.float32)
+        power = (t - torch.floor(end / 2)[..., None]) / self.scale_base
+        scale = xpos_base ** power[..., None]
         scale = torch.cat((scale, scale), dim=-1)
         cos, sin = angles.cos(), angles.sin()
         tables = torch.stack((cos * scale, sin * scale, cos / scale, sin / scale)).to(dtype)
+        if positions.ndim == 2:
+            tables = tables.unsqueeze(2)  # a heads dimension to broadcast over
         if torch.compiler.is_compiling():
             tables = computed_once(tables)
         return RotaryTables(*tables.unbind(0))

@@ -7,7 +7,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from ..config import spacewise_layers
-from .attention import SpaceAttention, TimeAttention, same_id_mask
+from .attention import LeadingPadding, SpaceAttention, TimeAttention, same_id_mask
 from .fusion import Fusion
 from .kv_cache import KVCache, PrefixedCache
 from .layers import RMSNorm, swiglu_mlp
@@ -104,19 +104,25 @@ class Transformer(nn.Module):
         positions: Int[Tensor, " seq"],
         cache: KVCache | PrefixedCache | None = None,
         last: Int[Tensor, ""] | None = None,
+        padding: LeadingPadding | None = None,
     ) -> Float[Tensor, "batch variate seq embed"]:
         """Run the layers on tokens at time ``positions`` (cache slots, rotary positions).
 
         ``last``: the last real position when ``positions`` run past it (see ``XPosRotaryEmbedding.tables``).
+        ``padding``: leading tokens time attention hides.
         """
         same_id = same_id_mask(id_patches)
-        rotation = self.rotary_emb.tables(positions, x.dtype, last)  # the same for every time-wise layer
+        if padding is None:
+            rotation = self.rotary_emb.tables(positions, x.dtype, last)  # the same for every time-wise layer
+        else:
+            own_positions, own_last = padding.rotary_positions(positions, last, *x.shape[:2])
+            rotation = self.rotary_emb.tables(own_positions, x.dtype, own_last)
         for layer, slot in zip(self.layers, self.cache_slots):
             h = layer.norm1(x)
             if slot is None:
                 h = layer.attention(h, same_id)
             else:
-                h = layer.attention(h, rotation, positions, cache, slot)
+                h = layer.attention(h, rotation, positions, cache, slot, padding)
             x = x + h
             x = x + layer.mlp(layer.norm2(x))
         return x

@@ -233,3 +233,31 @@ def test_batch_progress_counts_over_all_batches(pipeline):
 def test_batch_size_must_be_a_positive_int(pipeline, bad):
     with pytest.raises(ValueError, match="batch_size"):
         pipeline.predict(torch.ones(40), 8, num_samples=2, batch_size=bad)
+
+
+def test_oom_halves_batch_size_before_cutting_samples(tiny_checkpoint, monkeypatch):
+    """With samples_per_batch at its minimum, an OOM splits the batches of series (speed only)
+    before it cuts num_samples (quality); the result is that of the smaller batch_size."""
+    pipeline = TotoPipeline.from_pretrained(
+        str(tiny_checkpoint), device_map="cpu", torch_compile=False, min_samples_per_batch=8, min_num_samples=4
+    )
+    context = [walk(n, seed=n) for n in (20, 50, 35, 70, 44)]
+    expected = pipeline.predict(context, 8, num_samples=8, samples_per_batch=8, seed=5, batch_size=2)
+    real = pipeline.forecaster.forecast
+    sizes = []
+
+    def tight(inputs, *args, **kwargs):
+        sizes.append(inputs.series.shape[0])
+        if inputs.series.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(inputs, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.forecaster, "forecast", tight)
+    with pytest.warns(RuntimeWarning, match="batch_size=2"):
+        got = pipeline.predict(context, 8, num_samples=8, samples_per_batch=8, seed=5, batch_size=5)
+    assert sizes[:2] == [5, 2]  # 5 -> 2 series per batch (halved once), never fewer samples
+    meta = pipeline.last_run_metadata
+    assert (meta["batch_size"], meta["num_batches"], meta["num_samples_used"]) == (2, 3, 8)
+    assert meta["oom_retries"] == 1
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a.samples, b.samples)

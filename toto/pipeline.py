@@ -261,35 +261,34 @@ class TotoPipeline:
         future = None
         if future_covariates is not None:
             future = covariates_tensor(future_covariates, series, prediction_length)
-        batches = length_sorted_batches(observed, batch_size or series.shape[0])
+        size = batch_size or series.shape[0]
         with self._lock:
             before = snapshot()
-            parts, retries = [], 0
-            for number, index in enumerate(batches):
-                # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
-                inputs = masked_timeseries(*trim_to_longest(series[index], observed[index]), time_interval_seconds)
-                chunk_future = None
-                if future is not None:
-                    chunk_future = future[index]
-                    inputs = inputs._replace(num_exogenous_variables=future.shape[1])
-                samples, used = self._forecast_with_backoff(
-                    inputs,
-                    prediction_length,
-                    num_samples,
-                    samples_per_batch,
-                    None if seed is None else seed + number,
-                    _batch_progress(progress, number, len(batches)),
-                    chunk_future,
-                )
-                parts.append(samples)
-                retries += used["oom_retries"]
+            splits = 0
+            while True:
+                batches = length_sorted_batches(observed, size)
+                try:
+                    parts, used = self._forecast_batches(
+                        series, observed, future, batches, prediction_length, num_samples, samples_per_batch,
+                        time_interval_seconds, seed, progress,
+                    )
+                    break
+                except _BatchTooLarge:
+                    # Splitting costs speed only; cutting num_samples (the last resort) costs quality.
+                    if splits >= self.max_oom_retries:
+                        raise torch.cuda.OutOfMemoryError(
+                            f"CUDA out of memory at batch_size={size} after {splits} halvings (max_oom_retries)"
+                        ) from None
+                    splits += 1
+                    size = max(1, size // 2)
+                    warnings.warn(f"CUDA out of memory; retrying with batch_size={size}", RuntimeWarning, stacklevel=2)
             self.last_run_metadata = {
                 "num_samples_requested": num_samples,
                 "samples_per_batch_requested": samples_per_batch,
                 "batch_size": len(batches[0]),
                 "num_batches": len(batches),
                 **used,
-                "oom_retries": retries,
+                "oom_retries": used["oom_retries"] + splits,
                 "compile_stats": (snapshot() - before).as_dict(),
             }
             # A back-off may have cut num_samples in some batches only: keep what all have.
@@ -323,6 +322,41 @@ class TotoPipeline:
             quantiles, mean = quantiles[:, 0], mean[:, 0]
         return quantiles, mean
 
+    def _forecast_batches(
+        self,
+        series: Tensor,
+        observed: Tensor,
+        future: Tensor | None,
+        batches: list[Tensor],
+        prediction_length: int,
+        num_samples: int,
+        samples_per_batch: int,
+        time_interval_seconds: int,
+        seed: int | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[list[Tensor], dict]:
+        """Each batch of series (batch ``i`` seeded ``seed + i``); the samples and the merged metadata."""
+        parts, retries = [], 0
+        for number, index in enumerate(batches):
+            # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
+            inputs = masked_timeseries(*trim_to_longest(series[index], observed[index]), time_interval_seconds)
+            chunk_future = None
+            if future is not None:
+                chunk_future = future[index]
+                inputs = inputs._replace(num_exogenous_variables=future.shape[1])
+            samples, used = self._forecast_with_backoff(
+                inputs,
+                prediction_length,
+                num_samples,
+                samples_per_batch,
+                None if seed is None else seed + number,
+                _batch_progress(progress, number, len(batches)),
+                chunk_future,
+            )
+            parts.append(samples)
+            retries += used["oom_retries"]
+        return parts, {**used, "oom_retries": retries}
+
     def _forecast_with_backoff(
         self,
         inputs: MaskedTimeseries,
@@ -333,7 +367,8 @@ class TotoPipeline:
         progress: Callable[[int, int], None] | None,
         future: Tensor | None = None,
     ) -> tuple[Tensor, dict]:
-        """Forecast; on CUDA OOM halve ``samples_per_batch``, then ``num_samples``, down to the minimums."""
+        """Forecast; on CUDA OOM halve ``samples_per_batch``, then ask for fewer series per batch
+        (:class:`_BatchTooLarge`), then halve ``num_samples``, down to the minimums."""
         retries = 0
         before = snapshot()
         while True:
@@ -351,6 +386,9 @@ class TotoPipeline:
                 break
             except torch.cuda.OutOfMemoryError:
                 smaller_batch = max(self.min_samples_per_batch, per_batch // 2)
+                if smaller_batch >= per_batch and inputs.series.shape[0] > 1:
+                    self.forecaster.clear_buffers()
+                    raise _BatchTooLarge from None
                 fewer_samples = max(self.min_num_samples, num_samples // 2)
                 if retries >= self.max_oom_retries or (smaller_batch >= per_batch and fewer_samples >= num_samples):
                     raise
@@ -390,6 +428,10 @@ class TotoPipeline:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+class _BatchTooLarge(Exception):
+    """Out of memory with ``samples_per_batch`` at its minimum and several series in the batch."""
 
 
 def length_sorted_batches(observed: Tensor, batch_size: int) -> list[Tensor]:

@@ -261,3 +261,22 @@ def test_oom_halves_batch_size_before_cutting_samples(tiny_checkpoint, monkeypat
     assert meta["oom_retries"] == 1
     for a, b in zip(got, expected):
         np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_progress_bar_over_batches_of_series(pipeline, capsys):
+    context = [walk(n, seed=n) for n in (20, 50, 35)]
+    pipeline.predict(context, 8, num_samples=4, samples_per_batch=4, batch_size=1, show_progress=True)
+    err = capsys.readouterr().err
+    assert "toto predict" in err and "/3 " in err  # a bar over the 3 batches
+    pipeline.predict(context, 8, num_samples=4, samples_per_batch=4, batch_size=1, show_progress=False)
+    pipeline.predict(context, 8, num_samples=4, samples_per_batch=4, batch_size=1)  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_without_tqdm_names_the_extra(pipeline, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"toto-compiled\[progress\]"):
+        pipeline.predict(walk(30), 8, num_samples=4, batch_size=1, show_progress=True)
+    pipeline.predict([walk(30), walk(40)], 8, num_samples=4, batch_size=1)  # automatic: quietly off

@@ -28,6 +28,7 @@ from .data.util.dataset import MaskedTimeseries, masked_timeseries
 from .diagnostics import snapshot
 from .inference.forecaster import TotoForecaster, known_future
 from .loading import DEFAULT_MODEL_ID
+from .progress import batch_bar
 from .model.toto import Toto
 from .validation import check_int, check_representable
 
@@ -232,6 +233,7 @@ class TotoPipeline:
         progress: Callable[[int, int], None] | None = None,
         future_covariates: Any = None,
         batch_size: int | None = None,
+        show_progress: bool | None = None,
         **kwargs: Any,
     ) -> list[TotoForecast]:
         """Sample forecasts, one :class:`TotoForecast` per series.
@@ -247,7 +249,9 @@ class TotoPipeline:
         (``hide_leading_padding``): each series is forecast as it would be alone, so the
         mean path does not depend on ``batch_size``. With ``seed``, batch ``i`` is seeded
         with ``seed + i``. ``progress(done, total)`` is called after each decoded patch of
-        each sample batch of each batch of series.
+        each sample batch of each batch of series. ``show_progress`` draws a tqdm bar over
+        the batches of series on stderr (``None``: when stderr is a terminal, tqdm is
+        installed and there are several batches).
         """
         unknown = sorted(set(kwargs) - IGNORED_PREDICT_OPTIONS)
         if unknown:
@@ -270,7 +274,7 @@ class TotoPipeline:
                 try:
                     parts, used = self._forecast_batches(
                         series, observed, future, batches, prediction_length, num_samples, samples_per_batch,
-                        time_interval_seconds, seed, progress,
+                        time_interval_seconds, seed, progress, show_progress,
                     )
                     break
                 except _BatchTooLarge:
@@ -334,27 +338,35 @@ class TotoPipeline:
         time_interval_seconds: int,
         seed: int | None,
         progress: Callable[[int, int], None] | None,
+        show_progress: bool | None = None,
     ) -> tuple[list[Tensor], dict]:
         """Each batch of series (batch ``i`` seeded ``seed + i``); the samples and the merged metadata."""
+        bar = batch_bar(len(batches), show_progress)
         parts, retries = [], 0
-        for number, index in enumerate(batches):
-            # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
-            inputs = masked_timeseries(*trim_to_longest(series[index], observed[index]), time_interval_seconds)
-            chunk_future = None
-            if future is not None:
-                chunk_future = future[index]
-                inputs = inputs._replace(num_exogenous_variables=future.shape[1])
-            samples, used = self._forecast_with_backoff(
-                inputs,
-                prediction_length,
-                num_samples,
-                samples_per_batch,
-                None if seed is None else seed + number,
-                _batch_progress(progress, number, len(batches)),
-                chunk_future,
-            )
-            parts.append(samples)
-            retries += used["oom_retries"]
+        try:
+            for number, index in enumerate(batches):
+                # Left on the CPU: the forecaster validates there (no device syncs) and moves it.
+                inputs = masked_timeseries(*trim_to_longest(series[index], observed[index]), time_interval_seconds)
+                chunk_future = None
+                if future is not None:
+                    chunk_future = future[index]
+                    inputs = inputs._replace(num_exogenous_variables=future.shape[1])
+                samples, used = self._forecast_with_backoff(
+                    inputs,
+                    prediction_length,
+                    num_samples,
+                    samples_per_batch,
+                    None if seed is None else seed + number,
+                    _batch_progress(progress, number, len(batches)),
+                    chunk_future,
+                )
+                parts.append(samples)
+                retries += used["oom_retries"]
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         return parts, {**used, "oom_retries": retries}
 
     def _forecast_with_backoff(

@@ -246,8 +246,9 @@ class TotoPipeline:
         Series are forecast ``batch_size`` at a time (default: all at once), longest
         first, each batch cut to its own longest series, so short series are not padded
         to the longest of the whole call. Leading padding is hidden from the model
-        (``hide_leading_padding``): each series is forecast as it would be alone, so the
-        mean path does not depend on ``batch_size``. With ``seed``, batch ``i`` is seeded
+        (``hide_leading_padding``): each series is forecast as it would be alone, so its
+        forecast distribution does not depend on ``batch_size`` (its draws do, through the
+        random stream). With ``seed``, batch ``i`` is seeded
         with ``seed + i``. ``progress(done, total)`` is called after each decoded patch of
         each sample batch of each batch of series. ``show_progress`` draws a tqdm bar over
         the batches of series on stderr (``None``: when stderr is a terminal, tqdm is

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .compile import CompileSettings
-from .data.util.dataset import MaskedTimeseries, masked_timeseries
+from .data.util.dataset import MaskedTimeseries, first_observed_step, masked_timeseries
 from .diagnostics import snapshot
 from .inference.forecaster import TotoForecaster, known_future
 from .loading import DEFAULT_MODEL_ID
@@ -453,14 +453,13 @@ def length_sorted_batches(observed: Tensor, batch_size: int) -> list[Tensor]:
     A context starts at its first observed value in any variate; neighbours in length
     share a batch, so the left padding inside each batch stays small.
     """
-    start = observed.any(dim=1).int().argmax(dim=-1)  # every series has an observed value
-    order = torch.sort(start, stable=True).indices  # earliest start = longest context first
+    order = torch.sort(first_observed_step(observed), stable=True).indices  # earliest start = longest first
     return list(order.split(batch_size))
 
 
 def trim_to_longest(series: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
     """Drop the leading steps that no series of the batch observes."""
-    start = int(observed.any(dim=1).any(dim=0).int().argmax())
+    start = int(first_observed_step(observed).min())
     return series[..., start:], observed[..., start:]
 
 

@@ -10,12 +10,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..compile import CompiledFunction, CompileSettings
 from ..compile_cache import CompileCache
-from ..data.util.dataset import MaskedTimeseries, fill_missing, padded_length
+from ..data.util.dataset import MaskedTimeseries, fill_missing, first_observed_step, padded_length
 from ..diagnostics import compiled_graph_count
 from ..model.backbone import TotoBackbone, exogenous_variates
 from ..model.distribution import AffineTransformed
@@ -404,7 +404,8 @@ class TotoForecaster:
         context.state.cache.length = labels + num_context
         # Only variate labels read which variates are exogenous; without them, skip making the mask.
         exogenous = exogenous_variates(variates, num_exogenous, series.device) if labels else None
-        first_real = first_observed_patch(staged[1], self.patch_size) if hide_leading_padding else None
+        # The staged patch grid starts at step 0, so a step's patch is its index // patch_size.
+        first_real = first_observed_step(staged[1]) // self.patch_size if hide_leading_padding else None
         self._prefill(self.model, context, *staged, last, exogenous, first_real)
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
             if progress is not None:
@@ -459,12 +460,6 @@ class TotoForecaster:
                 self._buffers.popitem(last=False)
             self._buffers[key] = kind.allocate(self.model, rows, variates, capacity, *key[-2:])
         return self._buffers[key]
-
-
-def first_observed_patch(observed: Bool[Tensor, "batch variate time"], patch_size: int) -> Int[Tensor, " batch"]:
-    """Each series' first patch holding an observed value in any variate (every series has one)."""
-    any_observed = observed.unflatten(-1, (-1, patch_size)).any(-1).any(1)  # [batch, patches]
-    return any_observed.int().argmax(-1)  # the first True; no host sync
 
 
 def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:

@@ -47,6 +47,11 @@ def masked_timeseries(
     )
 
 
+def first_observed_step(observed: Bool[Tensor, "batch variate time"]) -> Int[Tensor, " batch"]:
+    """Each series' first step observed in any of its variates (0 if none is); no host sync."""
+    return observed.any(dim=1).int().argmax(dim=-1)
+
+
 def padded_length(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 

@@ -176,19 +176,17 @@ def build_toto(
 
 
 def column_major_linear_weights(model: torch.nn.Module) -> None:
-    """On CPU, store float32 ``nn.Linear`` weights column-major; the values are unchanged.
+    """On CPU, store float32 ``nn.Linear`` weights column-major (:func:`~toto.model.layers.column_major`).
 
-    ``F.linear`` then hands MKL an untransposed right operand, which it multiplies about
-    1.3x faster at a few rows (a prefill of one series: all of S1's matrix products) and no
-    slower at many. Measured on a 2-core AVX-512 machine, float32 only (bfloat16 at one
-    row got slower). ``state_dict()`` then holds non-contiguous tensors: call
-    ``.contiguous()`` before writing them with safetensors.
+    A prefill of one series (all of S1's matrix products) gains the most. ``state_dict()``
+    then holds non-contiguous tensors: call ``.contiguous()`` before writing them with
+    safetensors.
     """
+    from .model.layers import column_major
+
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            weight = module.weight
-            if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
-                weight.data = weight.data.t().contiguous().t()
+            module.weight.data = column_major(module.weight.data)
 
 
 def _local_files(config: Path, weights: Path) -> CheckpointFiles:

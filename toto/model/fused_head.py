@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from .distribution import MixtureOfStudentT, MixtureOfStudentTsOutput
+from .layers import column_major
 
 
 class FusedHead(nn.Module):
@@ -46,8 +47,7 @@ class FusedHead(nn.Module):
         bias = (step_bias @ heads.T + head_bias).reshape(-1).to(like.dtype)
         # One step's block at a time: a float64 copy of all of unembed would be 300 MB at full size.
         weight = torch.cat([heads @ block.double() for block in like.unflatten(0, (patch_size, -1))]).to(like.dtype)
-        if like.device.type == "cpu" and like.dtype == torch.float32:
-            weight = weight.t().contiguous().t()  # column-major, as the loader lays out Linear weights on CPU
+        weight = column_major(weight)  # as the loader lays out Linear weights
         if self.weight is not None and self.weight.shape == weight.shape and self.weight.dtype == weight.dtype \
                 and self.weight.device == weight.device and self.weight.stride() == weight.stride():
             self.weight.copy_(weight)  # in place: compiled graphs and CUDA graphs keep their addresses

@@ -44,3 +44,15 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch variate time"]) -> Float[Tensor, "batch variate patches embed"]:
         return self.projection(x.unflatten(-1, (-1, self.patch_size)))
+
+
+def column_major(weight: Tensor) -> Tensor:
+    """A CPU float32 weight stored column-major (same values); any other weight as it is.
+
+    ``F.linear`` then hands MKL an untransposed right operand, which it multiplies about
+    1.3x faster at a few rows and no slower at many (measured on a 2-core AVX-512 machine;
+    bfloat16 at one row got slower, hence float32 only).
+    """
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
+        return weight.t().contiguous().t()
+    return weight

@@ -17,7 +17,7 @@ import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,13 @@ from .progress import batch_bar
 from .model.toto import Toto
 from .validation import check_int, check_representable
 
+if TYPE_CHECKING:
+    from .frames import Panel
+
 HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
 IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_FRAME_BATCH_SIZE = 32  # series per batch in predict_df and backtests
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,107 @@ class TotoPipeline:
         future = None
         if future_covariates is not None:
             future = covariates_tensor(future_covariates, series, prediction_length)
+        samples = self._predict_batched(
+            series, observed, future, prediction_length, num_samples, samples_per_batch, batch_size,
+            time_interval_seconds=time_interval_seconds, seed=seed, progress=progress, show_progress=show_progress,
+        )
+        array = samples.float().numpy()
+        return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
+
+    @torch.no_grad()
+    def predict_df(
+        self,
+        df: Any,
+        future_df: Any = None,
+        *,
+        id_column: str = "item_id",
+        timestamp_column: str = "timestamp",
+        target: str | Sequence[str] = "target",
+        prediction_length: int,
+        quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
+        num_samples: int = 256,
+        samples_per_batch: int | None = None,
+        batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
+        seed: int | None = None,
+        show_progress: bool | None = None,
+    ) -> Any:
+        """Forecast every item of a long pandas frame (one row per item and timestamp).
+
+        ``target``: a column, or a list of columns forming one multivariate series per
+        item. Items may differ in length and start; a missing row or NaN is a missing
+        value. Each item's step is ``pandas.infer_freq`` of its timestamps (else the
+        panel's most common frequency, else its median gap); the forecast's timestamps
+        continue it. ``future_df`` holds the known future of exogenous columns: its
+        columns besides id and timestamp, exactly ``prediction_length`` rows per item.
+
+        Returns a long frame: id, timestamp, ``target_name``, ``predictions`` (the sample
+        median), ``mean`` and one column per quantile level (``"0.1"``, ...). Items are
+        forecast ``batch_size`` at a time (memory grows with ``batch_size`` times
+        ``samples_per_batch``, default ``num_samples``, not with the number of items), and
+        only each batch's quantiles are kept. Needs the extra ``toto-compiled[pandas]``.
+        """
+        from .frames import check_quantile_levels, forecast_frame, read_panel
+
+        check_int("prediction_length", prediction_length)
+        check_int("num_samples", num_samples)
+        check_int("batch_size", batch_size)
+        samples_per_batch = num_samples if samples_per_batch is None else samples_per_batch
+        check_int("samples_per_batch", samples_per_batch)
+        levels = check_quantile_levels(quantile_levels)
+        panel = read_panel(
+            df, future_df, id_column=id_column, timestamp_column=timestamp_column, target=target,
+            prediction_length=prediction_length,
+        )
+        summaries = self.predict_panel(
+            panel, prediction_length, levels, num_samples, samples_per_batch, batch_size, seed=seed,
+            show_progress=show_progress,
+        )
+        return forecast_frame(panel, summaries, levels)
+
+    @torch.no_grad()
+    def predict_panel(
+        self,
+        panel: "Panel",
+        prediction_length: int,
+        quantile_levels: Sequence[float],
+        num_samples: int,
+        samples_per_batch: int,
+        batch_size: int,
+        *,
+        seed: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """The step :meth:`predict_df` and :func:`toto.evaluation.backtest` share: a validated
+        :class:`toto.frames.Panel` -> ``(items, targets, prediction_length, levels + 2)``
+        holding each level's quantile, then the median, then the mean."""
+        series, observed = normalize_context(panel.context())
+        future = panel.future_exogenous()
+        summaries = self._predict_batched(
+            series, observed, None if future is None else torch.from_numpy(future).float(), prediction_length,
+            num_samples, samples_per_batch, batch_size, time_interval_seconds=900, seed=seed, progress=None,
+            show_progress=show_progress, summarize=_quantile_summary(len(panel.targets), list(quantile_levels)),
+        )
+        return summaries.numpy()
+
+    def _predict_batched(
+        self,
+        series: Tensor,
+        observed: Tensor,
+        future: Tensor | None,
+        prediction_length: int,
+        num_samples: int,
+        samples_per_batch: int,
+        batch_size: int | None,
+        *,
+        time_interval_seconds: int,
+        seed: int | None,
+        progress: Callable[[int, int], None] | None,
+        show_progress: bool | None,
+        summarize: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """``(batch, variate, prediction_length, num_samples)`` samples on the CPU, or, with
+        ``summarize``, what it makes of each batch's samples (so only one batch's samples are
+        ever held at once)."""
         size = batch_size or series.shape[0]
         with self._lock:
             before = snapshot()
@@ -275,7 +380,7 @@ class TotoPipeline:
                 try:
                     parts, used = self._forecast_batches(
                         series, observed, future, batches, prediction_length, num_samples, samples_per_batch,
-                        time_interval_seconds, seed, progress, show_progress,
+                        time_interval_seconds, seed, progress, show_progress, summarize,
                     )
                     break
                 except _BatchTooLarge:
@@ -286,7 +391,7 @@ class TotoPipeline:
                         ) from None
                     splits += 1
                     size = max(1, size // 2)
-                    warnings.warn(f"CUDA out of memory; retrying with batch_size={size}", RuntimeWarning, stacklevel=2)
+                    warnings.warn(f"CUDA out of memory; retrying with batch_size={size}", RuntimeWarning, stacklevel=3)
             self.last_run_metadata = {
                 "num_samples_requested": num_samples,
                 "samples_per_batch_requested": samples_per_batch,
@@ -296,13 +401,14 @@ class TotoPipeline:
                 "oom_retries": used["oom_retries"] + splits,
                 "compile_stats": (snapshot() - before).as_dict(),
             }
-            # A back-off may have cut num_samples in some batches only: keep what all have.
-            kept = min(part.shape[-1] for part in parts)
-            samples = torch.empty(series.shape[0], *parts[0].shape[1:-1], kept, dtype=parts[0].dtype)
+            if summarize is None:
+                # A back-off may have cut num_samples in some batches only: keep what all have.
+                kept = min(part.shape[-1] for part in parts)
+                parts = [part[..., :kept] for part in parts]
+            result = torch.empty(series.shape[0], *parts[0].shape[1:], dtype=parts[0].dtype)
             for index, part in zip(batches, parts):
-                samples[index] = part[..., :kept].cpu()
-        array = samples.float().numpy()
-        return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
+                result[index] = part.cpu()
+        return result
 
     def predict_quantiles(
         self,
@@ -340,8 +446,10 @@ class TotoPipeline:
         seed: int | None,
         progress: Callable[[int, int], None] | None,
         show_progress: bool | None = None,
+        summarize: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[list[Tensor], dict]:
-        """Each batch of series (batch ``i`` seeded ``seed + i``); the samples and the merged metadata."""
+        """Each batch of series (batch ``i`` seeded ``seed + i``); its samples (or their
+        summary) and the merged metadata."""
         bar = batch_bar(len(batches), show_progress)
         parts, retries = [], 0
         try:
@@ -361,7 +469,7 @@ class TotoPipeline:
                     _batch_progress(progress, number, len(batches)),
                     chunk_future,
                 )
-                parts.append(samples)
+                parts.append(samples if summarize is None else summarize(samples))
                 retries += used["oom_retries"]
                 if bar is not None:
                     bar.update(1)
@@ -441,6 +549,17 @@ class TotoPipeline:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def _quantile_summary(targets: int, levels: list[float]) -> Callable[[Tensor], Tensor]:
+    """Samples ``(batch, variate, H, S)`` -> ``(batch, targets, H, levels + 2)``: the quantiles, the median, the mean."""
+
+    def summarize(samples: Tensor) -> Tensor:
+        values = samples[:, :targets].cpu().double().numpy()
+        quantiles = np.moveaxis(np.quantile(values, [*levels, 0.5], axis=-1), 0, -1)
+        return torch.from_numpy(np.concatenate([quantiles, values.mean(axis=-1, keepdims=True)], axis=-1))
+
+    return summarize
 
 
 class _BatchTooLarge(Exception):

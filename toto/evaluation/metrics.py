@@ -191,26 +191,37 @@ def rmse(actual: ArrayLike, point: ArrayLike, axis: int | None = None) -> float 
 def mase(
     actual: ArrayLike,
     point: ArrayLike,
-    past: ArrayLike,
-    season_length: int,
+    past: ArrayLike | None = None,
+    season_length: int | None = None,
     axis: int | None = None,
+    *,
+    scale: ArrayLike | None = None,
 ) -> float | np.ndarray:
     """Mean absolute scaled error: mean of ``|actual - point| / seasonal_error(past)`` (gluonts ``MASE``).
 
-    ``past`` is ``[..., T]`` with the leading shape of ``actual``. ``axis=None``
-    averages the scaled errors of all observed entries (the mean of per-series
-    MASE when every series has the same number of observations). Entries whose
+    ``past`` is ``[..., T]`` with the leading shape of ``actual``. Instead of ``past`` and
+    ``season_length``, ``scale`` (leading shape of ``actual``) may give each series'
+    seasonal error, e.g. computed per series when pasts differ in length or season.
+    ``axis=None`` averages the scaled errors of all observed entries (the mean of
+    per-series MASE when every series has the same number of observations). Entries whose
     scaled error is undefined (scale 0, see ``seasonal_error``) are left out,
     as gluonts' masked division does; a series made only of those gets NaN.
     """
     batch = _Batch.of(actual, axis)
     error = np.abs(batch.actual - batch.forecast(point, "point"))
-    past_array = _float_array(past, "past")
-    if past_array.shape[:-1] != batch.leading_shape:
-        raise ValueError(
-            f"past has leading shape {past_array.shape[:-1]}, expected {batch.leading_shape} (that of actual)"
-        )
-    scale = seasonal_error(past_array, season_length).reshape(-1, 1)
+    if (scale is None) == (past is None or season_length is None):
+        raise ValueError("mase needs either past and season_length, or scale")
+    if scale is None:
+        past_array = _float_array(past, "past")
+        if past_array.shape[:-1] != batch.leading_shape:
+            raise ValueError(
+                f"past has leading shape {past_array.shape[:-1]}, expected {batch.leading_shape} (that of actual)"
+            )
+        scale = seasonal_error(past_array, season_length)
+    scale = np.asarray(scale, dtype=float)
+    if scale.shape != batch.leading_shape or not np.isfinite(scale).all():
+        raise ValueError(f"scale must be finite with shape {batch.leading_shape} (that of actual less time), got {scale.shape}")
+    scale = scale.reshape(-1, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         scaled = error / scale
     # numpy.ma (hence gluonts) masks a quotient whose divisor is within `tiny` of 0 relative to the

@@ -1,4 +1,5 @@
-"""The ``toto-compiled`` command: ``check``, ``forecast``, ``bench`` and ``export`` (each in ``toto/commands``)."""
+"""The ``toto-compiled`` command: ``check``, ``forecast``, ``backtest``, ``bench`` and ``export``
+(each in ``toto/commands``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import bench, check, export, forecast
+from .commands import backtest, bench, check, export, forecast
 
-COMMANDS = (check, forecast, bench, export)
+COMMANDS = (check, forecast, backtest, bench, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

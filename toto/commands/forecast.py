@@ -1,6 +1,11 @@
-"""``toto-compiled forecast``: forecast the value columns of a CSV file as one multivariate series.
+"""``toto-compiled forecast``: forecast a wide CSV as one multivariate series, or every item of a long file.
 
-Writes long ("tidy") CSV: one row per (column, step) with the sample mean and quantiles.
+Wide mode (``--columns``, the default): the value columns of a CSV file are the variates of
+one series; writes long ("tidy") CSV: one row per (column, step) with the sample mean and
+quantiles. Long mode (``--id-column`` and/or ``--target``; always for Parquet input): one row
+per (item, timestamp) in CSV or Parquet, forecast by :meth:`TotoPipeline.predict_df`, whose
+frame is written as CSV or Parquet. Every output file is written to a temporary file first
+and moved into place whole.
 """
 
 from __future__ import annotations
@@ -19,12 +24,29 @@ from typing import Callable, TextIO
 import numpy as np
 import torch
 
+from ..frames import CellError
 from ..loading import DEFAULT_MODEL_ID
-from ..pipeline import TotoPipeline
+from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, TotoPipeline
 from .common import add_device_argument, device_problem
+from .frames_io import (
+    PARQUET_SUFFIXES,
+    DataFile,
+    DataFileError,
+    cell_error_message,
+    check_columns,
+    check_output_path,
+    frame_writer,
+    output_format,
+    read_data_file,
+    staged_outputs,
+    value_error_message,
+)
 
 PROG = "toto-compiled forecast"
-DESCRIPTION = "Forecast the value columns of a CSV file as one multivariate series; write mean and quantiles as CSV."
+DESCRIPTION = (
+    "Forecast the value columns of a CSV file as one multivariate series (wide mode), or every item of a "
+    "long CSV or Parquet file (one row per item and timestamp; selected by --id-column or --target)."
+)
 MISSING = frozenset({"", "nan", "na", "null"})  # compared lower-case
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 PROGRESS_EVERY_S = 2.0
@@ -47,17 +69,30 @@ class Table:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("forecast", help="forecast the columns of a CSV file", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "forecast", help="forecast a wide CSV file, or the items of a long CSV or Parquet file",
+        description=DESCRIPTION,
+    )
     add = parser.add_argument
     add("--model", default=DEFAULT_MODEL_ID, help="hub id or local folder (default: %(default)s)")
-    add("--input", required=True, type=Path, help="CSV with a header row; empty, nan, NA and null cells are missing")
-    add("--columns", type=_names, help="comma-separated value columns (default: all but the timestamp column)")
-    add("--timestamp-column", help="column of ISO 8601 times or epoch seconds")
+    add("--input", required=True, type=Path,
+        help="wide: CSV with a header row; empty, nan, NA and null cells are missing. long: .csv, .parquet or .pq")
+    add("--columns", type=_names, help="wide: comma-separated value columns (default: all but the timestamp column)")
+    add("--timestamp-column",
+        help="wide: column of ISO 8601 times or epoch seconds; long: the time column (default there: timestamp)")
+    add("--id-column", help="long format: the item id column (default there: item_id)")
+    add("--target", type=_names, help="long format: comma-separated value column(s) to forecast (default: target)")
+    add("--future", type=Path,
+        help="long format: file (.csv, .parquet, .pq) of id, timestamp and the known future of exogenous columns")
     add("--prediction-length", required=True, type=_positive_int, help="steps to forecast")
     add("--num-samples", type=_positive_int, default=256, help="default: %(default)s")
     add("--samples-per-batch", type=_positive_int, default=256, help="default: %(default)s")
-    add("--quantiles", type=_quantiles, default="0.1,0.5,0.9", help="levels in [0, 1] (default: %(default)s)")
-    add("--output", type=Path, help="output CSV (default: stdout)")
+    add("--batch-size", type=_positive_int,
+        help=f"long format: items forecast at once (default: {DEFAULT_FRAME_BATCH_SIZE})")
+    add("--quantiles", type=_quantiles, default="0.1,0.5,0.9",
+        help="levels in [0, 1]; strictly inside (0, 1) in long format (default: %(default)s)")
+    add("--output", type=Path,
+        help="output file: Parquet for a .parquet or .pq suffix (long format), else CSV (default: CSV on stdout)")
     add_device_argument(parser)
     add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
     add("--seed", type=int, default=0, help="default: %(default)s")
@@ -210,16 +245,48 @@ def _progress_printer() -> Callable[[int, int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the CSV, forecast, write the CSV. A user mistake prints one error line and returns 2."""
+    """Read the input, forecast, write the output. A user mistake prints one error line and returns 2."""
     try:
-        forecast(args)
-    except UsageError as err:
+        if is_long(args):
+            forecast_long(args)
+        else:
+            forecast(args)
+    except (UsageError, DataFileError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
+def is_long(args: argparse.Namespace) -> bool:
+    """Long format: asked for by --id-column, --target or --future, and always for a Parquet input."""
+    parquet = args.input.suffix.lower() in PARQUET_SUFFIXES
+    return bool(args.id_column or args.target or args.future or parquet)
+
+
+def load_pipeline(args: argparse.Namespace) -> TotoPipeline:
+    """The model named by --model on --device, compiled as --compile says; a failure is a UsageError."""
+    compiling = {None: "TOTO_COMPILE decides", True: "on", False: "off"}[args.compile]
+    print(f"loading model {args.model} on {args.device} (compile: {compiling})", file=sys.stderr, flush=True)
+    try:
+        return TotoPipeline.from_pretrained(args.model, device_map=args.device, torch_compile=args.compile)
+    except (OSError, ValueError) as err:  # no such folder, hub failure, bad config or weights
+        raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+
+
+def frame_levels(quantiles: list[tuple[str, float]]) -> list[float]:
+    """--quantiles for a data frame: each level strictly between 0 and 1."""
+    for text, level in quantiles:
+        if not 0.0 < level < 1.0:
+            raise UsageError(f"--quantiles: in long format each level must be strictly between 0 and 1, got {text!r}")
+    return [level for _, level in quantiles]
+
+
 def forecast(args: argparse.Namespace) -> None:
+    """Wide mode: the value columns of one CSV file are the variates of one series."""
+    if args.batch_size is not None:
+        raise UsageError("--batch-size is for long format (--id-column, --target); a wide CSV is a single series")
+    if args.output is not None and output_format(args.output) == "parquet":
+        raise UsageError(f"--output {args.output}: wide mode writes CSV; Parquet is for long format (--id-column)")
     table = read_table(args.input, args.columns, args.timestamp_column)
     options, future, step_text = {}, None, "unknown (no --timestamp-column)"
     if table.timestamps is not None:
@@ -235,12 +302,7 @@ def forecast(args: argparse.Namespace) -> None:
     rows, missing = table.values.shape[1], int(np.isnan(table.values).sum())
     columns = f"{len(table.columns)} columns ({', '.join(table.columns)})"
     print(f"input: {args.input}: {rows} rows x {columns}, {missing} missing, step {step_text}", file=sys.stderr)
-    compiling = {None: "TOTO_COMPILE decides", True: "on", False: "off"}[args.compile]
-    print(f"loading model {args.model} on {args.device} (compile: {compiling})", file=sys.stderr, flush=True)
-    try:
-        pipeline = TotoPipeline.from_pretrained(args.model, device_map=args.device, torch_compile=args.compile)
-    except (OSError, ValueError) as err:  # no such folder, hub failure, bad config or weights
-        raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+    pipeline = load_pipeline(args)
     context = torch.from_numpy(table.values[None].astype(np.float32))  # (1 series, columns as variates, time)
     samples = pipeline.predict(
         context, args.prediction_length, num_samples=args.num_samples, samples_per_batch=args.samples_per_batch,
@@ -249,5 +311,106 @@ def forecast(args: argparse.Namespace) -> None:
     if args.output is None:
         write_forecast(sys.stdout, table.columns, samples, args.quantiles, future)
         return
-    with open(args.output, "w", newline="", encoding="utf-8") as out:
-        write_forecast(out, table.columns, samples, args.quantiles, future)
+
+    def write(temporary: Path) -> None:
+        try:
+            with open(temporary, "w", newline="", encoding="utf-8") as out:
+                write_forecast(out, table.columns, samples, args.quantiles, future)
+        except OSError as err:
+            raise UsageError(f"cannot write {args.output} ({err.strerror or err})") from None
+
+    with staged_outputs() as outputs:
+        outputs.write(args.output, write)
+
+
+@dataclass(frozen=True)
+class LongInput:
+    """The columns of a long-format input, and its files as read."""
+
+    id_column: str
+    timestamp_column: str
+    targets: list[str]
+    data: DataFile
+    future: DataFile | None
+
+    def files(self) -> dict[str, DataFile]:
+        """By the frame names that :mod:`toto.frames` errors use."""
+        return {"df": self.data, **({"future_df": self.future} if self.future is not None else {})}
+
+    def error(self, err: ValueError) -> DataFileError:
+        """A frame's ValueError as an error naming the file, and for a bad cell its line (or row) and column."""
+        if isinstance(err, CellError):
+            return DataFileError(cell_error_message(err, self.files(), self.id_column, self.timestamp_column))
+        return DataFileError(value_error_message(err, self.files()))
+
+    def describe(self) -> str:
+        frame = self.data.frame
+        items = frame[self.id_column].nunique()
+        text = (
+            f"input: {self.data.path}: {len(frame)} rows, {items} item{'s' * (items != 1)}, "
+            f"target {', '.join(self.targets)}"
+        )
+        if self.future is not None:
+            exogenous = [c for c in self.future.columns() if c not in (self.id_column, self.timestamp_column)]
+            text += f"; known future of {', '.join(exogenous) or '(no columns)'} from {self.future.path}"
+        return text
+
+
+def read_long_input(args: argparse.Namespace, *, future: Path | None = None) -> LongInput:
+    """Read --input (and ``future``) as long-format files and check that the named columns exist."""
+    id_column = args.id_column or "item_id"
+    timestamp_column = args.timestamp_column or "timestamp"
+    targets = args.target or ["target"]
+    keys = {id_column: "--id-column", timestamp_column: "--timestamp-column"}
+    if len(keys) != 2 or set(keys) & set(targets):
+        raise UsageError(
+            f"--id-column {id_column!r}, --timestamp-column {timestamp_column!r} and --target "
+            f"{','.join(targets)!r} must name different columns"
+        )
+    data = read_data_file(args.input, text_columns=[id_column])
+    check_columns(data, {**keys, **{name: "--target" for name in targets}})
+    future_data = None
+    if future is not None:
+        future_data = read_data_file(future, text_columns=[id_column])
+        check_columns(future_data, keys)
+    return LongInput(id_column, timestamp_column, targets, data, future_data)
+
+
+def forecast_long(args: argparse.Namespace) -> None:
+    """Long mode: every item of a long CSV or Parquet file, through :meth:`TotoPipeline.predict_df`."""
+    if args.columns is not None:
+        raise UsageError("--columns is for wide CSV; in long format name the value columns with --target")
+    levels = frame_levels(args.quantiles)
+    if args.output is not None:
+        check_output_path(args.output, "--output")
+    if problem := device_problem(args.device):
+        raise UsageError(problem)
+    long_input = read_long_input(args, future=args.future)
+    print(long_input.describe(), file=sys.stderr)
+    pipeline = load_pipeline(args)
+    started = time.perf_counter()
+    try:
+        frame = pipeline.predict_df(
+            long_input.data.frame,
+            None if long_input.future is None else long_input.future.frame,
+            id_column=long_input.id_column,
+            timestamp_column=long_input.timestamp_column,
+            target=long_input.targets,
+            prediction_length=args.prediction_length,
+            quantile_levels=levels,
+            num_samples=args.num_samples,
+            samples_per_batch=args.samples_per_batch,
+            batch_size=args.batch_size or DEFAULT_FRAME_BATCH_SIZE,
+            seed=args.seed,
+        )
+    except ValueError as err:  # CellError included
+        raise long_input.error(err) from None
+    items = frame[long_input.id_column].nunique()
+    seconds = time.perf_counter() - started
+    print(f"forecast {items} item{'s' * (items != 1)} x {args.prediction_length} steps in {seconds:.1f} s",
+          file=sys.stderr)
+    if args.output is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    with staged_outputs() as outputs:
+        outputs.write(args.output, frame_writer(frame, args.output))

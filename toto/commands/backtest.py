@@ -1,0 +1,250 @@
+"""``toto-compiled backtest``: forecast the last windows of every item of a long file and score them.
+
+Runs :func:`toto.evaluation.backtest` on a long CSV or Parquet file (one row per item and
+timestamp), prints Toto's and seasonal naive's metrics as a table on stdout, and can write
+the per-(item, window, target) metrics, the window forecasts and a plot of one item. All
+output files are staged as temporary files and moved into place together at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Hashable
+
+from ..loading import DEFAULT_MODEL_ID
+from ..pipeline import DEFAULT_FRAME_BATCH_SIZE
+from .common import add_device_argument, device_problem
+from .forecast import (
+    LongInput,
+    UsageError,
+    _finite,
+    _names,
+    _positive_int,
+    _quantiles,
+    frame_levels,
+    load_pipeline,
+    read_long_input,
+)
+from .frames_io import DataFileError, check_output_path, frame_writer, pandas_module, staged_outputs
+
+PROG = "toto-compiled backtest"
+DESCRIPTION = (
+    "Forecast the last --windows windows of every item of a long CSV or Parquet file (one row per item and "
+    "timestamp) and score them against seasonal naive: MASE, WQL, MAE, RMSE and interval coverage."
+)
+DEFAULT_QUANTILES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+MODEL_COLUMN, BASELINE_COLUMN = "toto", "seasonal_naive"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "backtest", help="score rolling-origin forecasts of a long CSV or Parquet file", description=DESCRIPTION
+    )
+    add = parser.add_argument
+    add("--model", default=DEFAULT_MODEL_ID, help="hub id or local folder (default: %(default)s)")
+    add("--input", required=True, type=Path, help="long-format .csv, .parquet or .pq file")
+    add("--id-column", default="item_id", help="default: %(default)s")
+    add("--timestamp-column", default="timestamp", help="default: %(default)s")
+    add("--target", type=_names, default="target", help="comma-separated value column(s) (default: %(default)s)")
+    add("--prediction-length", required=True, type=_positive_int, help="steps in each window")
+    add("--windows", type=_positive_int, default=1, help="windows per item, ending at its last step (default: 1)")
+    add("--stride", type=_positive_int, help="steps between window starts (default: the prediction length)")
+    add("--seasonality", type=_positive_int,
+        help="season of MASE and seasonal naive (default: from each item's frequency, e.g. hourly 24, daily 1)")
+    add("--quantiles", type=_quantiles, default=DEFAULT_QUANTILES,
+        help="levels strictly inside (0, 1); WQL averages them (default: %(default)s)")
+    add("--interval", type=_interval, help="LOW,HIGH: the coverage interval, two of --quantiles "
+        "(default: the lowest and highest)")
+    add("--num-samples", type=_positive_int, default=256, help="default: %(default)s")
+    add("--samples-per-batch", type=_positive_int, default=256, help="default: %(default)s")
+    add("--batch-size", type=_positive_int, default=DEFAULT_FRAME_BATCH_SIZE,
+        help="series (item windows) forecast at once (default: %(default)s)")
+    add("--output", type=Path, help="metrics per (item, window, target): Parquet for .parquet or .pq, else CSV")
+    add("--forecasts", type=Path, help="the windows' forecasts: Parquet for .parquet or .pq, else CSV")
+    add("--plot", type=Path, help="image of one item's windows (PNG; another format by suffix, e.g. .svg)")
+    add("--plot-item", help="the item to plot (default: the first)")
+    add_device_argument(parser)
+    add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
+    add("--seed", type=int, default=0, help="default: %(default)s")
+    parser.set_defaults(run=run)
+
+
+def _interval(text: str) -> tuple[float, float]:
+    parts = [_finite(part) for part in text.split(",")]
+    if len(parts) != 2 or None in parts or not 0.0 < parts[0] < parts[1] < 1.0:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with 0 < LOW < HIGH < 1, got {text!r}")
+    return parts[0], parts[1]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, backtest, print the table, write the files. A user mistake prints one error line and returns 2."""
+    try:
+        backtest_command(args)
+    except (UsageError, DataFileError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def backtest_command(args: argparse.Namespace) -> None:
+    from ..evaluation import backtest
+
+    levels = frame_levels(args.quantiles)
+    interval = args.interval or (min(levels), max(levels))
+    missing = [level for level in interval if level not in levels]
+    if missing:
+        raise UsageError(f"--interval {interval[0]:g},{interval[1]:g}: {missing[0]:g} is not among --quantiles")
+    if args.plot_item is not None and args.plot is None:
+        raise UsageError("--plot-item needs --plot")
+    outputs = {option: path for option, path in (("--output", args.output), ("--forecasts", args.forecasts),
+                                                 ("--plot", args.plot)) if path is not None}
+    for option, path in outputs.items():
+        check_output_path(path, option)
+    if len({path.resolve() for path in outputs.values()}) != len(outputs):
+        raise UsageError(f"{', '.join(outputs)} must name different files")
+    image_format = _image_format(args.plot) if args.plot is not None else None
+    if problem := device_problem(args.device):
+        raise UsageError(problem)
+    long_input = read_long_input(args)
+    plot_item = _plot_item(long_input, args.plot_item) if args.plot is not None else None
+    print(long_input.describe(), file=sys.stderr)
+    pipeline = load_pipeline(args)
+    stride = args.stride or args.prediction_length
+    print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
+          file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        result = backtest(
+            pipeline,
+            long_input.data.frame,
+            prediction_length=args.prediction_length,
+            windows=args.windows,
+            stride=stride,
+            id_column=long_input.id_column,
+            timestamp_column=long_input.timestamp_column,
+            target=long_input.targets,
+            quantile_levels=levels,
+            interval=interval,
+            seasonality=args.seasonality,
+            num_samples=args.num_samples,
+            samples_per_batch=args.samples_per_batch,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    except ValueError as err:  # CellError included
+        raise long_input.error(err) from None
+    elapsed = time.perf_counter() - started
+
+    with staged_outputs() as staged:
+        if args.output is not None:
+            staged.write(args.output, frame_writer(result.metrics, args.output))
+        if args.forecasts is not None:
+            staged.write(args.forecasts, frame_writer(result.forecasts, args.forecasts))
+        if args.plot is not None:
+            figure = _figure(long_input, result, plot_item)
+            staged.write(args.plot, lambda temporary: _save_figure(figure, temporary, args.plot, image_format))
+    print(summary_table(result, args, stride, elapsed), end="")
+    for option, path in outputs.items():
+        print(f"wrote {path} ({option})", file=sys.stderr)
+
+
+def summary_table(result: Any, args: argparse.Namespace, stride: int, elapsed: float) -> str:
+    """The header line, then one row per metric: Toto, seasonal naive, their ratio."""
+    seasons = sorted(set(result.seasonality.values()))
+    season = str(seasons[0]) if len(seasons) == 1 else f"{seasons[0]} to {seasons[-1]} (per item)"
+    targets = len(args.target)
+    header = (
+        f"backtest: {_count(len(result.seasonality), 'item')} x {_count(args.windows, 'window')}, "
+        f"horizon {args.prediction_length}, "
+        f"stride {stride}, seasonality {season}"
+        + (f", {targets} targets" if targets > 1 else "")
+        + f"; {elapsed:.1f} s"
+    )
+    low, high = result.interval
+    rows = [["metric", "Toto", "seasonal naive", "ratio", ""]]
+    for metric, values in result.summary.iterrows():
+        if metric == "coverage":
+            note = f"nominal {high - low:.2g} ({low:g} to {high:g} quantiles)"
+            rows.append([metric, _number(values[MODEL_COLUMN]), _number(values[BASELINE_COLUMN]), "-", note])
+        else:
+            rows.append([metric, _number(values[MODEL_COLUMN]), _number(values[BASELINE_COLUMN]),
+                         _number(values["ratio"], digits=3), ""])
+    widths = [max(len(row[k]) for row in rows) for k in range(4)]
+    lines = [header]
+    for row in rows:
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(row[1:4], widths[1:]))]
+        lines.append("  ".join(cells + ([row[4]] if row[4] else [])))
+    return "\n".join(lines) + "\n"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'s' * (number != 1)}"
+
+
+def _number(value: float, digits: int = 4) -> str:
+    if value != value:  # NaN
+        return "nan"
+    if abs(value) >= 1e6:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}f}"
+
+
+def _image_format(path: Path) -> str:
+    """The image format for --plot (its suffix, PNG without one); checks that matplotlib is installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError('--plot needs matplotlib: pip install "toto-compiled[plot]"') from None
+    fmt = path.suffix[1:].lower() or "png"
+    supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if fmt not in supported:
+        raise UsageError(f"--plot {path}: unsupported image type {fmt!r}; use one of {', '.join(sorted(supported))}")
+    return fmt
+
+
+def _plot_item(long_input: LongInput, text: str | None) -> Hashable:
+    """The item --plot-item names (compared as text), or the file's first item."""
+    ids = long_input.data.frame[long_input.id_column].dropna().unique()
+    if text is None:
+        return ids[0] if len(ids) else None
+    for item in ids:
+        if str(item) == text:
+            return item
+    shown = ", ".join(str(item) for item in ids[:10]) + (", ..." if len(ids) > 10 else "")
+    raise UsageError(f"--plot-item {text!r}: no such item in {long_input.data.path}; its items: {shown}")
+
+
+def _figure(long_input: LongInput, result: Any, item: Hashable) -> Any:
+    """:func:`toto.plot.plot_backtest` of ``item``: its whole series as read (on its grid), and its windows."""
+    from ..frames import read_panel
+    from ..plot import plot_backtest
+
+    pd = pandas_module()
+    # The frame is valid (the backtest read it); read_panel gives the item's parsed grid and values.
+    panel = read_panel(
+        long_input.data.frame, id_column=long_input.id_column, timestamp_column=long_input.timestamp_column,
+        target=long_input.targets, prediction_length=1,
+    )
+    series = next(entry for entry in panel.items if entry.item_id == item)
+    history = pd.DataFrame({
+        long_input.id_column: [series.item_id] * len(series.timestamps),
+        long_input.timestamp_column: series.timestamps,
+        **{name: values for name, values in zip(panel.targets, series.values)},
+    })
+    return plot_backtest(
+        history, result.forecasts, item_id=item, id_column=long_input.id_column,
+        timestamp_column=long_input.timestamp_column, target=list(panel.targets), interval=result.interval,
+    )
+
+
+def _save_figure(figure: Any, temporary: Path, path: Path, image_format: str) -> None:
+    from ..plot import DPI
+
+    try:
+        figure.savefig(temporary, format=image_format, dpi=DPI)
+    except (OSError, ValueError) as err:
+        raise DataFileError(f"cannot write {path} ({err})") from None

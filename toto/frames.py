@@ -258,7 +258,7 @@ def _check_unique(frame: Any, id_column: str, timestamp_column: str, frame_name:
         row = frame[duplicated.to_numpy()].iloc[0]
         raise ValueError(
             f"{frame_name}: duplicate rows for item {row[id_column]!r} at {timestamp_column} "
-            f"{row[timestamp_column]!r}; each (item, timestamp) must appear once"
+            f"{row[timestamp_column]}; each (item, timestamp) must appear once"
         )
 
 

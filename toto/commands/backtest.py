@@ -37,6 +37,7 @@ DESCRIPTION = (
 )
 DEFAULT_QUANTILES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 MODEL_COLUMN, BASELINE_COLUMN = "toto", "seasonal_naive"
+PLOT_SPANS = 4  # the plot shows the last 4 times the steps the windows cover, so the windows stay readable
 
 
 def add_parser(subparsers) -> None:
@@ -144,7 +145,7 @@ def backtest_command(args: argparse.Namespace) -> None:
         if args.forecasts is not None:
             staged.write(args.forecasts, frame_writer(result.forecasts, args.forecasts))
         if args.plot is not None:
-            figure = _figure(long_input, result, plot_item)
+            figure = _figure(long_input, result, plot_item, PLOT_SPANS * (args.prediction_length + (args.windows - 1) * stride))
             staged.write(args.plot, lambda temporary: _save_figure(figure, temporary, args.plot, image_format))
     print(summary_table(result, args, stride, elapsed), end="")
     for option, path in outputs.items():
@@ -218,8 +219,8 @@ def _plot_item(long_input: LongInput, text: str | None) -> Hashable:
     raise UsageError(f"--plot-item {text!r}: no such item in {long_input.data.path}; its items: {shown}")
 
 
-def _figure(long_input: LongInput, result: Any, item: Hashable) -> Any:
-    """:func:`toto.plot.plot_backtest` of ``item``: its whole series as read (on its grid), and its windows."""
+def _figure(long_input: LongInput, result: Any, item: Hashable, max_history: int) -> Any:
+    """:func:`toto.plot.plot_backtest` of ``item``: the end of its series as read (on its grid), and its windows."""
     from ..frames import read_panel
     from ..plot import plot_backtest
 
@@ -238,6 +239,7 @@ def _figure(long_input: LongInput, result: Any, item: Hashable) -> Any:
     return plot_backtest(
         history, result.forecasts, item_id=item, id_column=long_input.id_column,
         timestamp_column=long_input.timestamp_column, target=list(panel.targets), interval=result.interval,
+        max_history=max_history,
     )
 
 

@@ -89,6 +89,15 @@ def test_predict_quantiles_match_samples(pipeline):
     np.testing.assert_allclose(mean.numpy(), samples.mean(-1), rtol=1e-5)
 
 
+def test_predict_quantiles_of_more_than_2_24_sample_values(pipeline, monkeypatch):
+    """torch.quantile refuses inputs of more than 2**24 elements; a large backtest call makes that many."""
+    paths = np.random.default_rng(0).standard_normal((1, 1, 4, 2**22 + 1)).astype(np.float32)
+    monkeypatch.setattr(pipeline, "predict", lambda *args, **kwargs: [TotoForecast(samples=paths)])
+    quantiles, _ = pipeline.predict_quantiles(walk(40), 4, (0.1, 0.9), num_samples=paths.shape[-1])
+    expected = np.moveaxis(np.quantile(paths[0, 0], (0.1, 0.9), axis=-1), 0, -1)
+    np.testing.assert_allclose(quantiles[0].numpy(), expected, rtol=1e-6)
+
+
 def test_options(pipeline, tiny_checkpoint, monkeypatch):
     pipeline.predict(walk(40), H, num_samples=3, samples_per_batch=3, temperature=0.5, top_k=3, top_p=0.9)
     with pytest.raises(TypeError, match="beam_width"):

@@ -115,7 +115,7 @@ def read_panel(
     steps = _steps(groups, timestamp_column)
     futures = None
     if future_df is not None:
-        futures = _future_values(future_df, exogenous, groups, id_column, timestamp_column)
+        futures = _future_values(future_df, exogenous, id_column, timestamp_column)
     items = []
     for item_id, group in groups.items():
         group = group.sort_values(timestamp_column)
@@ -349,7 +349,8 @@ def _continue(grid: Any, step: Any, count: int) -> Any:
     return _steps_from(grid[-1], step, count + 1)[1:]
 
 
-def _future_values(future_df: Any, exogenous: tuple[str, ...], groups: dict, id_column: str, timestamp_column: str) -> dict:
+def _future_values(future_df: Any, exogenous: tuple[str, ...], id_column: str, timestamp_column: str) -> dict:
+    """Each item's validated known future, indexed by timestamp."""
     frame = future_df[[id_column, timestamp_column, *exogenous]].copy()
     frame[timestamp_column] = _timestamps(frame[timestamp_column], "future_df", timestamp_column)
     for name in exogenous:

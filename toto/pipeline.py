@@ -426,8 +426,10 @@ class TotoPipeline:
         if not levels or any(not 0.0 <= q <= 1.0 for q in levels):
             raise ValueError(f"quantile_levels must be non-empty and within [0, 1], got {quantile_levels!r}")
         forecasts = self.predict(context, prediction_length, num_samples, **predict_kwargs)
-        samples = torch.from_numpy(np.concatenate([f.samples for f in forecasts]))  # [batch, variate, H, S]
-        quantiles = torch.quantile(samples, torch.tensor(levels, dtype=samples.dtype), dim=-1).movedim(0, -1)
+        array = np.concatenate([f.samples for f in forecasts])  # [batch, variate, H, S]
+        # numpy, not torch.quantile: that refuses inputs of more than 2**24 elements.
+        quantiles = torch.from_numpy(np.moveaxis(np.quantile(array, levels, axis=-1), 0, -1).astype(array.dtype))
+        samples = torch.from_numpy(array)
         mean = samples.mean(dim=-1)
         if samples.shape[1] == 1:
             quantiles, mean = quantiles[:, 0], mean[:, 0]

@@ -14,16 +14,14 @@ Needs pandas (extra ``toto-compiled[pandas]``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..frames import Panel, check_quantile_levels, forecast_frame, read_panel, require_pandas
+from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
 from ..validation import check_int
 from .metrics import interval_coverage, mae, mase, rmse, seasonal_error, seasonal_naive, wql
-
-if TYPE_CHECKING:
-    from ..pipeline import TotoPipeline
 
 __all__ = ["BacktestResult", "backtest", "seasonality_of"]
 
@@ -60,7 +58,7 @@ class BacktestResult:
 
 
 def backtest(
-    pipeline: "TotoPipeline",
+    pipeline: TotoPipeline,
     df: Any,
     *,
     prediction_length: int,
@@ -69,12 +67,12 @@ def backtest(
     id_column: str = "item_id",
     timestamp_column: str = "timestamp",
     target: str | Sequence[str] = "target",
-    quantile_levels: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
     interval: tuple[float, float] = (0.1, 0.9),
     seasonality: int | None = None,
     num_samples: int = 256,
     samples_per_batch: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
     seed: int | None = None,
     show_progress: bool | None = None,
 ) -> BacktestResult:

@@ -208,3 +208,12 @@ def test_missing_pandas_names_the_extra(pipeline, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"toto-compiled\[pandas\]"):
         pipeline.predict_df(object(), prediction_length=H)
+
+
+def test_output_keeps_integer_ids_and_time_zones(pipeline):
+    df = long_frame([30, 25]).assign(item_id=lambda d: d.item_id.str[1:].astype(int))
+    df["timestamp"] = df.timestamp.dt.tz_localize("Europe/Paris")
+    out = pipeline.predict_df(df, prediction_length=3, num_samples=4)
+    assert out.item_id.dtype == np.int64 and list(pd.unique(out.item_id)) == [0, 1]
+    assert out.timestamp.dtype == df.timestamp.dtype
+    assert out.timestamp.iloc[0] == df[df.item_id == 0].timestamp.max() + pd.Timedelta(hours=1)

@@ -146,20 +146,18 @@ def forecast_frame(panel: Panel, summaries: np.ndarray, quantile_levels: Sequenc
     pd = require_pandas()
     items, targets, horizon, _ = summaries.shape
     flat = summaries.reshape(items * targets * horizon, -1)
-    timestamps = [ts for item in panel.items for _ in range(targets) for ts in item.future_timestamps]
+    # Index operations, not Python lists of Timestamps: they keep dtypes (a time zone, integer ids) and stay fast.
+    horizons = [item.future_timestamps for item in panel.items for _ in range(targets)]
     columns = {
-        panel.id_column: np.repeat(np.array([item.item_id for item in panel.items], dtype=object), targets * horizon),
-        panel.timestamp_column: timestamps,
+        panel.id_column: pd.Index([item.item_id for item in panel.items]).repeat(targets * horizon),
+        panel.timestamp_column: horizons[0].append(horizons[1:]),
         "target_name": np.tile(np.repeat(np.array(panel.targets, dtype=object), horizon), items),
         "predictions": flat[:, -2],
         "mean": flat[:, -1],
     }
     for index, level in enumerate(quantile_levels):
         columns[quantile_column(level)] = flat[:, index]
-    frame = pd.DataFrame(columns)
-    # Keep the input's id and timestamp dtypes (an object array of Timestamps would lose a timezone's dtype).
-    frame[panel.timestamp_column] = pd.Index(timestamps) if timestamps else frame[panel.timestamp_column]
-    return frame
+    return pd.DataFrame(columns)
 
 
 def quantile_column(level: float) -> str:

@@ -118,7 +118,7 @@ def backtest(
     scored = _Scored.of(panel, windowed, summaries, seasons, prediction_length, levels, (low, high))
     keys = pd.DataFrame(
         {
-            id_column: np.repeat(np.array([item.item_id for item in windowed.items], dtype=object), len(panel.targets)),
+            id_column: pd.Index([item.item_id for item in windowed.items]).repeat(len(panel.targets)),
             "window": np.repeat(window_ids, len(panel.targets)),
             "cutoff": pd.Index([item.timestamps[-1] for item in windowed.items]).repeat(len(panel.targets)),
             "target_name": np.tile(np.array(panel.targets, dtype=object), len(windowed.items)),

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cli_run import cli
 from toto import TotoPipeline
-from toto.cli import build_parser, main
+from toto.cli import build_parser
 from toto.commands import forecast as forecast_command
 from toto.loading import DEFAULT_MODEL_ID
 
@@ -35,14 +36,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
 
 
 def forecast(capsys, checkpoint: Path, *args: str) -> tuple[int, str, str]:
-    """Run ``main`` in-process on the tiny model: (exit code, stdout, stderr); argparse exits count as codes."""
-    argv = ["forecast", "--model", str(checkpoint), "--device", "cpu", "--no-compile", "--num-samples", "16", *args]
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli(capsys, checkpoint, "forecast", *args)
 
 
 def parse(text: str) -> tuple[list[str], list[dict[str, str]]]:

@@ -12,8 +12,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
 
+from tests.cli_run import cli  # noqa: E402
 from toto import TotoPipeline  # noqa: E402
-from toto.cli import main  # noqa: E402
 from toto.commands import forecast as forecast_command  # noqa: E402
 from toto.commands import frames_io  # noqa: E402
 from toto.evaluation import backtest as library_backtest  # noqa: E402
@@ -46,17 +46,6 @@ def panel(missing_row: bool = True) -> pd.DataFrame:
 
 def last_stamps(frame: pd.DataFrame) -> dict:
     return frame.groupby("item_id", sort=False)["timestamp"].max().to_dict()
-
-
-def cli(capsys, checkpoint: Path, command: str, *args: str) -> tuple[int, str, str]:
-    """``main`` in-process on the tiny model: (exit code, stdout, stderr); argparse exits count as codes."""
-    argv = [command, "--model", str(checkpoint), "--device", "cpu", "--no-compile", "--num-samples", "16", *args]
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def long_args(path: Path, *more: str) -> list[str]:

@@ -94,7 +94,7 @@ def read_panel(
     Exogenous columns are those of ``future_df`` besides the id and timestamp; each must
     also be a column of ``df``. Other columns of ``df`` are ignored.
     """
-    pd = require_pandas()
+    require_pandas()  # the missing extra is the first thing to say
     targets = target_names(target)
     keys = (id_column, timestamp_column)
     if len(set(keys)) != 2 or set(keys) & set(targets):
@@ -112,24 +112,23 @@ def read_panel(
         frame[name] = _numeric(frame, name, "df", id_column)
     _check_unique(frame, id_column, timestamp_column, "df")
     groups = {item_id: group for item_id, group in frame.groupby(id_column, sort=False)}
-    steps = _steps(groups, timestamp_column)
+    grids = _item_grids(groups, timestamp_column)
     futures = None
     if future_df is not None:
         futures = _future_values(future_df, exogenous, id_column, timestamp_column)
     items = []
     for item_id, group in groups.items():
-        group = group.sort_values(timestamp_column)
-        grid = _grid(group[timestamp_column], steps[item_id], item_id)
+        step, grid = grids[item_id]
         on_grid = group.set_index(timestamp_column)[list(values)].reindex(grid)
         item_values = on_grid.to_numpy(dtype=np.float64).T
         for name, row in zip(values, item_values):
             if np.isnan(row).all():
                 raise ValueError(f"df: item {item_id!r} has no observed value in column {name!r}")
-        future_timestamps = _continue(grid, steps[item_id], prediction_length)
+        future_timestamps = _continue(grid, step, prediction_length)
         future_exogenous = None
         if futures is not None:
             future_exogenous = _aligned_future(futures, item_id, future_timestamps, exogenous, timestamp_column)
-        items.append(Item(item_id, grid, item_values, steps[item_id], future_timestamps, future_exogenous))
+        items.append(Item(item_id, grid, item_values, step, future_timestamps, future_exogenous))
     if futures is not None:
         extra = [item_id for item_id in futures if item_id not in groups]
         if extra:
@@ -260,23 +259,32 @@ def _check_unique(frame: Any, id_column: str, timestamp_column: str, frame_name:
         )
 
 
-def _steps(groups: dict, timestamp_column: str) -> dict:
-    """Each item's step: its inferred frequency, else the panel's most common one, else its median gap."""
+def _item_grids(groups: dict, timestamp_column: str) -> dict:
+    """Each item's step and regular grid: its inferred frequency, else the panel's most common
+    one if its timestamps lie on it, else its median gap; off every grid is an error naming it."""
     pd = require_pandas()
-    inferred = {}
-    for item_id, group in groups.items():
-        stamps = pd.Index(group[timestamp_column]).sort_values()
-        inferred[item_id] = _infer_step(stamps)
+    stamps = {item_id: pd.Index(group[timestamp_column]).sort_values() for item_id, group in groups.items()}
+    inferred = {item_id: _infer_step(item_stamps) for item_id, item_stamps in stamps.items()}
     common = Counter(step for step in inferred.values() if step is not None).most_common(1)
-    steps = {}
-    for item_id, step in inferred.items():
-        stamps = pd.Index(groups[item_id][timestamp_column]).sort_values()
-        if step is None and common and _on_grid(stamps, common[0][0]):
+    grids = {}
+    for item_id, item_stamps in stamps.items():
+        step = inferred[item_id]
+        grid = None if step is None else _grid_of(item_stamps, step)
+        if grid is None and common:
             step = common[0][0]
-        if step is None:
-            step = _median_gap(stamps, item_id)
-        steps[item_id] = step
-    return steps
+            grid = _grid_of(item_stamps, step)
+        if grid is None:
+            step = _median_gap(item_stamps, item_id)
+            grid = _grid_of(item_stamps, step)
+        if grid is None:
+            grid_between = _grid_between(item_stamps[0], item_stamps[-1], step)
+            off = item_stamps[0] if grid_between is None else item_stamps[~item_stamps.isin(grid_between)][0]
+            raise ValueError(
+                f"df: item {item_id!r} has timestamps off a regular grid of step {step!r} (e.g. {off!r}); "
+                "resample it to one frequency"
+            )
+        grids[item_id] = (step, grid)
+    return grids
 
 
 def _infer_step(stamps: Any) -> Any:
@@ -311,9 +319,10 @@ def _steps_from(start: Any, step: Any, count: int) -> Any:
     return pd.Index(start + step * np.arange(count))
 
 
-def _on_grid(stamps: Any, step: Any) -> bool:
+def _grid_of(stamps: Any, step: Any) -> Any:
+    """The grid of ``step`` from the first to the last of ``stamps`` (sorted), or None when one is off it."""
     grid = _grid_between(stamps[0], stamps[-1], step)
-    return grid is not None and stamps.isin(grid).all()
+    return grid if grid is not None and stamps.isin(grid).all() else None
 
 
 def _grid_between(first: Any, last: Any, step: Any) -> Any:
@@ -327,20 +336,6 @@ def _grid_between(first: Any, last: Any, step: Any) -> Any:
             return None
         grid = _steps_from(first, step, int(count) + 1)
     return grid if len(grid) and grid[-1] == last else None
-
-
-def _grid(stamps: Any, step: Any, item_id: Any) -> Any:
-    """The regular grid an item's timestamps lie on; an error naming the item when they don't."""
-    pd = require_pandas()
-    stamps = pd.Index(stamps)
-    grid = _grid_between(stamps[0], stamps[-1], step)
-    if grid is None or not stamps.isin(grid).all():
-        off = stamps[0] if grid is None else stamps[~stamps.isin(grid)][0]
-        raise ValueError(
-            f"df: item {item_id!r} has timestamps off a regular grid of step {step!r} (e.g. {off!r}); "
-            "resample it to one frequency"
-        )
-    return grid
 
 
 def _continue(grid: Any, step: Any, count: int) -> Any:

@@ -721,16 +721,25 @@ def s4_speed_ups(results: dict) -> dict[str, float]:
     }
 
 
+def _failed_cells(r: dict, remaining: int) -> list[str]:
+    """A failed runner's row: the error, then dashes to the table's width."""
+    return [f"failed: {r['error']}"] + ["-"] * (remaining - 1)
+
+
+def _peak_and_speed_up(r: dict, base: dict | None) -> list[str]:
+    """The peak-memory and speed-up cells (against ``base``'s later call) of a measured runner."""
+    base_s = base.get("later_s") if base else None
+    peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
+    return [peak, f"{base_s / r['later_s']:.1f}x" if base_s else "n/a"]
+
+
 def s4_row(runner: str, r: dict, base: dict | None) -> str:
     cells = [BATCHED, runner, r["dtype"], str(r["batch_size"]), str(r["samples_per_batch"])]
     if "error" in r:
-        cells += [f"failed: {r['error']}"] + ["-"] * (len(S4_COLUMNS) - len(cells) - 1)
+        cells += _failed_cells(r, len(S4_COLUMNS) - len(cells))
     else:
-        base_s = base.get("later_s") if base else None
-        peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
         cells += [
-            f"{r['warmup_s']:.2f}", f"{r['later_s']:.3f}", f"{r['series_per_s']:.2f}", peak,
-            f"{base_s / r['later_s']:.1f}x" if base_s else "n/a",
+            f"{r['warmup_s']:.2f}", f"{r['later_s']:.3f}", f"{r['series_per_s']:.2f}", *_peak_and_speed_up(r, base),
             str(r["graphs"]), str(r["graphs_after_warmup"]), str(r["graph_breaks"]), str(r["recompiles"]),
             str(r["cudagraph_skips"]),
         ]  # fmt: skip
@@ -846,13 +855,10 @@ def _rows(report: dict) -> Iterator[tuple[str, dict]]:
 def row(scenario: str, runner: str, r: dict, base: dict | None) -> str:
     cells = [scenario, runner, r["dtype"]]
     if "error" in r:
-        cells += [f"failed: {r['error']}"] + ["-"] * (len(COLUMNS) - len(cells) - 1)
+        cells += _failed_cells(r, len(COLUMNS) - len(cells))
     else:
-        base_s = base.get("later_s") if base else None
-        peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "n/a"
         cells += [
-            f"{r['first_s']:.2f}", f"{r['later_s']:.3f}", f"{r['compile_s']:.1f}", peak,
-            f"{base_s / r['later_s']:.1f}x" if base_s else "n/a",
+            f"{r['first_s']:.2f}", f"{r['later_s']:.3f}", f"{r['compile_s']:.1f}", *_peak_and_speed_up(r, base),
             str(r["graphs"]), str(r["graph_breaks"]), str(r["recompiles"]), str(r["cudagraph_skips"]),
         ]  # fmt: skip
         if "note" in r:

@@ -113,14 +113,15 @@ def backtest(
     rows_per_window = len(panel.targets) * prediction_length
     window_ids = np.tile(np.arange(windows), len(panel.items))
     forecasts.insert(2, "window", np.repeat(window_ids, rows_per_window))
-    forecasts.insert(3, "cutoff", pd.Index([item.timestamps[-1] for item in windowed.items]).repeat(rows_per_window))
+    cutoffs = pd.Index([item.timestamps[-1] for item in windowed.items])
+    forecasts.insert(3, "cutoff", cutoffs.repeat(rows_per_window))
 
     scored = _Scored.of(panel, windowed, summaries, seasons, prediction_length, levels, (low, high))
     keys = pd.DataFrame(
         {
             id_column: pd.Index([item.item_id for item in windowed.items]).repeat(len(panel.targets)),
             "window": np.repeat(window_ids, len(panel.targets)),
-            "cutoff": pd.Index([item.timestamps[-1] for item in windowed.items]).repeat(len(panel.targets)),
+            "cutoff": cutoffs.repeat(len(panel.targets)),
             "target_name": np.tile(np.array(panel.targets, dtype=object), len(windowed.items)),
         }
     )

@@ -75,3 +75,17 @@ def pytest_terminal_summary(terminalreporter):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (2 CPUs, this machine only, no dashboard), shut down at the end.
+
+    Skipped where the ``ray`` extra is not installed (``.ci/run`` installs it).
+    """
+    ray = pytest.importorskip("ray", reason="the Ray engine needs the extra toto-compiled[ray]")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

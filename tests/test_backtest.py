@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,9 +12,20 @@ pd = pytest.importorskip("pandas")
 
 from toto import TotoPipeline  # noqa: E402
 from toto.evaluation import backtest, seasonality_of  # noqa: E402
+from toto.evaluation.backtest import (  # noqa: E402
+    BacktestParts,
+    _Scored,
+    finish_backtest,
+    metrics_from_totals,
+    score_items,
+    totals_columns,
+)
+from toto.evaluation.metrics import interval_coverage, mae, mase, rmse, wql  # noqa: E402
 
 LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
 RTOL = 1e-6
+KEYS = ["item_id", "window", "cutoff", "target_name"]
+METRIC_COLUMNS = ["MASE", "WQL", "MAE", "RMSE", "coverage"]
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +219,144 @@ def test_real_quarterly_panel_backtest(pipeline):
     assert result.forecasts.timestamp.dt.is_quarter_start.all()
     # Seasonal naive on smooth macro series is a strong baseline: MASE near 1 by construction.
     assert 0.2 < result.summary.at["MASE", "seasonal_naive"] < 5
+
+
+# Two steps: score_items on disjoint shares of the items, finish_backtest on their concatenation.
+
+
+def metrics_of_arrays(actual, quantiles, median, mean, naive, scale, axis):
+    """Every metric of :mod:`toto.evaluation.metrics` on whole arrays, as backtest's columns name them."""
+    repeated = np.repeat(naive[:, None], len(LEVELS), axis=1)
+    return {
+        "MASE": mase(actual, median, scale=scale, axis=axis),
+        "WQL": wql(actual, quantiles, LEVELS, axis=axis),
+        "MAE": mae(actual, median, axis=axis),
+        "RMSE": rmse(actual, mean, axis=axis),
+        "coverage": interval_coverage(actual, quantiles[:, 0], quantiles[:, -1], axis=axis),
+        "seasonal_naive_MASE": mase(actual, naive, scale=scale, axis=axis),
+        "seasonal_naive_WQL": wql(actual, repeated, LEVELS, axis=axis),
+        "seasonal_naive_MAE": mae(actual, naive, axis=axis),
+        "seasonal_naive_RMSE": rmse(actual, naive, axis=axis),
+        "seasonal_naive_coverage": interval_coverage(actual, naive, naive, axis=axis),
+    }
+
+
+def test_metrics_from_totals_are_ratios_of_sums():
+    """Per row, per group and overall, the metrics of summed totals are those of the whole arrays."""
+    rng = np.random.default_rng(3)
+    rows, horizon = 7, 12
+    actual = rng.normal(10, 3, size=(rows, horizon))
+    actual[0, :9] = np.nan  # rows observe 3, 12, 7, 0, ... entries: a mean of row ratios would differ
+    actual[2, rng.random(horizon) < 0.4] = np.nan
+    actual[3] = np.nan  # a window with no observed actual
+    actual[5, 4] = np.inf
+    median = actual + rng.normal(0, 2, size=(rows, horizon))
+    median = np.where(np.isfinite(median), median, 10.0)
+    spread = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])[:, None] * rng.uniform(0.5, 3, size=(rows, 1, 1))
+    quantiles = median[:, None] + spread
+    mean = median + rng.normal(0, 0.5, size=(rows, horizon))
+    naive = np.round(np.where(np.isfinite(actual), actual, 10.0) + rng.normal(0, 1, size=(rows, horizon)))
+    naive[6, :5] = actual[6, :5]  # exact hits: inside the baseline's point "interval"
+    scale = rng.uniform(0.5, 2, size=rows)
+    scale[1] = 0.0  # a flat context: MASE undefined for the whole row
+    scored = _Scored(actual, quantiles, median, mean, naive, scale, list(LEVELS), (0, len(LEVELS) - 1))
+    groups = np.array(["a", "b", "a", "c", "c", "a", "b"])
+    totals = pd.DataFrame({"group": groups, "row": np.arange(rows), **scored.totals()})
+    assert list(totals.columns[2:]) == totals_columns(LEVELS)
+    assert totals.observed.tolist() == np.isfinite(actual).sum(axis=1).tolist()
+    arrays = (actual, quantiles, median, mean, naive, scale)
+
+    per_row = metrics_from_totals(totals, LEVELS, by="row")
+    overall = metrics_from_totals(totals, LEVELS)
+    grouped = metrics_from_totals(totals, LEVELS, by=["group"])
+    assert per_row.row.tolist() == list(range(rows)) and grouped.group.tolist() == ["a", "b", "c"]
+    assert list(overall.columns) == list(metrics_of_arrays(*arrays, axis=None)) and len(overall) == 1
+    for name, expected in metrics_of_arrays(*arrays, axis=1).items():
+        assert np.allclose(per_row[name], expected, rtol=1e-12, atol=0, equal_nan=True), name
+    for name, expected in metrics_of_arrays(*arrays, axis=None).items():
+        assert np.isclose(overall.at[0, name], expected, rtol=1e-12, atol=0), name
+    for index, group in enumerate(["a", "b", "c"]):
+        subset = [array[groups == group] for array in arrays]
+        for name, expected in metrics_of_arrays(*subset, axis=None).items():
+            assert np.allclose(grouped.at[index, name], expected, rtol=1e-12, atol=0, equal_nan=True), (group, name)
+    assert np.isnan(per_row.at[1, "MASE"]) and np.isnan(per_row.at[3, "MAE"])
+    assert not np.isclose(overall.at[0, "MAE"], np.nanmean(per_row.MAE))  # so a mean of ratios would fail
+
+
+class Replay:
+    """A pipeline whose forecasts are a real pipeline's, recorded per (item, cutoff) on first sight:
+    the same forecasts whatever the batches, so splitting the items changes nothing but the sums' order."""
+
+    def __init__(self, pipeline):
+        self.pipeline, self.recorded = pipeline, {}
+
+    def predict_panel(self, panel, *args, **kwargs):
+        keys = [(item.item_id, item.timestamps[-1]) for item in panel.items]
+        if not all(key in self.recorded for key in keys):
+            self.recorded.update(zip(keys, self.pipeline.predict_panel(panel, *args, **kwargs)))
+        return np.stack([self.recorded[key] for key in keys])
+
+
+def flat_and_gappy_panel():
+    """Five items with NaN actuals, one of them constant (MASE scale 0)."""
+    flat = pd.DataFrame({"item_id": "flat", "timestamp": pd.date_range("2024-01-02", periods=80, freq="h"),
+                         "target": 3.0})  # fmt: skip
+    return pd.concat([panel([150, 200, 120, 90], missing=0.1), flat], ignore_index=True)
+
+
+def assert_frames_close(left, right):
+    pd.testing.assert_frame_equal(left.reset_index(drop=True), right.reset_index(drop=True), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shares", [(["s0", "s1"], ["s2", "s3", "flat"]), (["s3", "flat", "s0"], ["s2"], ["s1"])],
+                         ids=["two-in-order", "three-shuffled"])  # fmt: skip
+def test_split_items_finish_like_the_whole(pipeline, shares):
+    df = flat_and_gappy_panel()
+    replay = Replay(pipeline)
+    options = dict(prediction_length=20, windows=3, stride=10, quantile_levels=LEVELS, num_samples=32, seed=0)
+    whole = backtest(replay, df, **options)
+    parts = [score_items(replay, df[df.item_id.isin(share)], **options) for share in shares]
+    split = finish_backtest(parts)
+
+    totals = pd.concat([part.totals for part in parts], ignore_index=True)
+    assert list(totals.columns) == KEYS + totals_columns(LEVELS)
+    assert (totals.observed < 20).any() and (totals.observed > 0).all()  # NaN actuals in some windows
+    assert (totals.toto_mase_count[totals.item_id == "flat"] == 0).all()  # scale 0: MASE left out
+    assert whole.metrics[whole.metrics.item_id == "flat"].MASE.isna().all()
+    baseline = [f"seasonal_naive_{name}" for name in METRIC_COLUMNS]
+    assert list(whole.metrics.columns) == KEYS + METRIC_COLUMNS + baseline  # no totals
+    assert split.seasonality == whole.seasonality and split.interval == whole.interval == (0.1, 0.9)
+    assert_frames_close(split.summary, whole.summary)
+    pd.testing.assert_index_equal(split.summary.index, whole.summary.index)
+    assert_frames_close(split.per_window, whole.per_window)
+    # Parts order items as they are given; the whole frame, by first appearance.
+    order = pd.MultiIndex.from_frame(whole.per_item[["item_id", "target_name"]])
+    per_item = split.per_item.set_index(["item_id", "target_name"]).loc[order].reset_index()
+    assert_frames_close(per_item, whole.per_item)
+    rows = pd.MultiIndex.from_frame(whole.metrics[KEYS])
+    assert_frames_close(split.metrics.set_index(KEYS).loc[rows].reset_index(), whole.metrics)
+    forecasts = split.forecasts.set_index(["item_id", "timestamp", "window"]).loc[
+        pd.MultiIndex.from_frame(whole.forecasts[["item_id", "timestamp", "window"]])
+    ]
+    assert_frames_close(forecasts.reset_index()[whole.forecasts.columns], whole.forecasts)
+
+    # A driver holding only the concatenated frames and the merged seasonality gets the same.
+    merged = BacktestParts(pd.concat([part.forecasts for part in parts], ignore_index=True), totals,
+                           split.seasonality, list(LEVELS), (0.1, 0.9))  # fmt: skip
+    driver = finish_backtest(merged)
+    for name in ("forecasts", "metrics", "per_item", "per_window", "summary"):
+        pd.testing.assert_frame_equal(getattr(driver, name), getattr(split, name))
+
+
+def test_finish_backtest_rejects_parts_that_do_not_add_up(pipeline):
+    df = panel([60, 70])
+    part, other = (score_items(pipeline, df[df.item_id == item], prediction_length=12, num_samples=4)
+                   for item in ("s0", "s1"))  # fmt: skip
+    with pytest.raises(ValueError, match="disjoint items"):
+        finish_backtest([part, part])
+    with pytest.raises(ValueError, match="same quantile_levels and interval"):
+        finish_backtest([part, replace(other, interval=(0.2, 0.8))])
+    with pytest.raises(ValueError, match="at least one"):
+        finish_backtest([])
+    result = finish_backtest([part, other])
+    assert result.seasonality == {"s0": 24, "s1": 24} and result.per_item.item_id.tolist() == ["s0", "s1"]

@@ -13,6 +13,7 @@ pd = pytest.importorskip("pandas")
 
 from tests.compile_health import steady_state  # noqa: E402
 from toto import TotoPipeline  # noqa: E402
+from toto.inference.keyed_random import series_key  # noqa: E402
 
 H = 20  # more than one tiny patch (16), so decode steps run
 LEVELS = (0.1, 0.5, 0.9)
@@ -53,7 +54,9 @@ def test_matches_predict_on_the_same_series(pipeline):
         rows = df[df.item_id == item].set_index("timestamp")["target"]
         grid = pd.date_range(rows.index.min(), rows.index.max(), freq="h")
         context.append(torch.tensor(rows.reindex(grid).to_numpy(), dtype=torch.float32))
-    samples = samples_of(pipeline, context, batch_size=2, seed=3)[:, 0].astype(np.float64)
+    # Item streams are keyed by (seed, id, last context timestamp), the keys predict takes.
+    keys = [series_key(3, item, df[df.item_id == item].timestamp.max()) for item in ("s0", "s1", "s2")]
+    samples = samples_of(pipeline, context, batch_size=2, sample_keys=keys)[:, 0].astype(np.float64)
     order = {item: i for i, item in enumerate(pd.unique(df.sample(frac=1, random_state=0).item_id))}
     for item, rows in out.groupby("item_id"):
         paths = samples[int(item[1:])]
@@ -81,7 +84,10 @@ def test_multivariate_target_and_exogenous_future(pipeline):
     for i, (_, rows) in enumerate(df.groupby("item_id")):
         context[i, :, 60 - len(rows) :] = rows[["a", "b", "load"]].to_numpy().T
     covariates = np.stack([np.linspace(0, 1, H)] * 2)[:, None]
-    samples = samples_of(pipeline, torch.tensor(context, dtype=torch.float32), seed=0, future_covariates=covariates)
+    keys = [series_key(0, item, rows.timestamp.max()) for item, rows in df.groupby("item_id")]
+    samples = samples_of(
+        pipeline, torch.tensor(context, dtype=torch.float32), sample_keys=keys, future_covariates=covariates
+    )
     for i, item in enumerate(("s0", "s1")):
         for v, name in enumerate(("a", "b")):
             rows = out[(out.item_id == item) & (out.target_name == name)]

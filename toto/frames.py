@@ -206,6 +206,10 @@ def _check_exogenous_columns(exogenous: tuple[str, ...], targets: tuple[str, ...
 def _timestamps(column: Any, frame_name: str, name: str) -> Any:
     """Datetimes or numbers; strings are parsed as datetimes. A cell that is neither is an error naming its row."""
     pd = require_pandas()
+    if isinstance(column.dtype, pd.ArrowDtype):
+        # Arrow-backed (Ray Data, pandas' pyarrow backend): numpy-backed, which infer_freq and date_range read.
+        values = pd.DatetimeIndex(column) if column.dtype.kind == "M" else column.to_numpy()
+        column = pd.Series(values, index=column.index, name=column.name)
     numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
     if pd.api.types.is_datetime64_any_dtype(column) or numeric:
         parsed = column

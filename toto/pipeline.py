@@ -27,6 +27,7 @@ from .compile import CompileSettings
 from .data.util.dataset import MaskedTimeseries, first_observed_step, masked_timeseries
 from .diagnostics import snapshot
 from .inference.forecaster import TotoForecaster, known_future
+from .inference.keyed_random import series_keys
 from .loading import DEFAULT_MODEL_ID
 from .progress import batch_bar
 from .model.toto import Toto
@@ -238,6 +239,7 @@ class TotoPipeline:
         future_covariates: Any = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
+        sample_keys: Any = None,
         **kwargs: Any,
     ) -> list[TotoForecast]:
         """Sample forecasts, one :class:`TotoForecast` per series.
@@ -253,7 +255,10 @@ class TotoPipeline:
         (``hide_leading_padding``): each series is forecast as it would be alone, so its
         forecast distribution does not depend on ``batch_size`` (its draws do, through the
         random stream). With ``seed``, batch ``i`` is seeded
-        with ``seed + i``. ``progress(done, total)`` is called after each decoded patch of
+        with ``seed + i``. ``sample_keys`` (one integer per series, e.g. from
+        :func:`toto.inference.keyed_random.series_key`) instead draws each series from its own
+        random stream, so its samples do not depend on ``batch_size`` or on the other series
+        (beyond the rounding of batched arithmetic); ``seed`` is then unused. ``progress(done, total)`` is called after each decoded patch of
         each sample batch of each batch of series. ``show_progress`` draws a tqdm bar over
         the batches of series on stderr (``None``: when stderr is a terminal, tqdm is
         installed and there are several batches).
@@ -270,9 +275,11 @@ class TotoPipeline:
         future = None
         if future_covariates is not None:
             future = covariates_tensor(future_covariates, series, prediction_length)
+        keys = None if sample_keys is None else _keys_tensor(sample_keys, series.shape[0])
         samples = self._predict_batched(
             series, observed, future, prediction_length, num_samples, samples_per_batch, batch_size,
             time_interval_seconds=time_interval_seconds, seed=seed, progress=progress, show_progress=show_progress,
+            keys=keys,
         )
         array = samples.float().numpy()
         return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
@@ -342,13 +349,19 @@ class TotoPipeline:
     ) -> np.ndarray:
         """The step :meth:`predict_df` and :func:`toto.evaluation.backtest` share: a validated
         :class:`toto.frames.Panel` -> ``(items, targets, prediction_length, levels + 2)``
-        holding each level's quantile, then the median, then the mean."""
+        holding each level's quantile, then the median, then the mean.
+
+        With ``seed``, each item draws from its own random stream, keyed by the seed, its id
+        and its last context timestamp (:func:`item_keys`): its samples do not depend on
+        which items share its batch, on ``batch_size`` or on ``samples_per_batch``, beyond
+        the rounding of batched arithmetic (none when the batch is the same)."""
         series, observed = normalize_context(panel.context())
         future = panel.future_exogenous()
         summaries = self._predict_batched(
             series, observed, None if future is None else torch.from_numpy(future).float(), prediction_length,
-            num_samples, samples_per_batch, batch_size, time_interval_seconds=900, seed=seed, progress=None,
+            num_samples, samples_per_batch, batch_size, time_interval_seconds=900, seed=None, progress=None,
             show_progress=show_progress, summarize=_quantile_summary(len(panel.targets), list(quantile_levels)),
+            keys=None if seed is None else item_keys(seed, panel),
         )
         return summaries.numpy()
 
@@ -367,20 +380,21 @@ class TotoPipeline:
         progress: Callable[[int, int], None] | None,
         show_progress: bool | None,
         summarize: Callable[[Tensor], Tensor] | None = None,
+        keys: Tensor | None = None,
     ) -> Tensor:
         """``(batch, variate, prediction_length, num_samples)`` samples on the CPU, or, with
         ``summarize``, what it makes of each batch's samples (so only one batch's samples are
-        ever held at once)."""
+        ever held at once). ``keys``: each series' random-stream key (then ``seed`` is unused)."""
         size = batch_size or series.shape[0]
         with self._lock:
             before = snapshot()
             splits = 0
             while True:
-                batches = length_sorted_batches(observed, size)
+                batches = length_sorted_batches(observed, size, keys)
                 try:
                     parts, used = self._forecast_batches(
                         series, observed, future, batches, prediction_length, num_samples, samples_per_batch,
-                        time_interval_seconds, seed, progress, show_progress, summarize,
+                        time_interval_seconds, seed, progress, show_progress, summarize, keys,
                     )
                     break
                 except _BatchTooLarge:
@@ -449,9 +463,10 @@ class TotoPipeline:
         progress: Callable[[int, int], None] | None,
         show_progress: bool | None = None,
         summarize: Callable[[Tensor], Tensor] | None = None,
+        keys: Tensor | None = None,
     ) -> tuple[list[Tensor], dict]:
-        """Each batch of series (batch ``i`` seeded ``seed + i``); its samples (or their
-        summary) and the merged metadata."""
+        """Each batch of series (batch ``i`` seeded ``seed + i``, or its series drawn from
+        their ``keys``' streams); its samples (or their summary) and the merged metadata."""
         bar = batch_bar(len(batches), show_progress)
         parts, retries = [], 0
         try:
@@ -470,6 +485,7 @@ class TotoPipeline:
                     None if seed is None else seed + number,
                     _batch_progress(progress, number, len(batches)),
                     chunk_future,
+                    None if keys is None else keys[index],
                 )
                 parts.append(samples if summarize is None else summarize(samples))
                 retries += used["oom_retries"]
@@ -489,6 +505,7 @@ class TotoPipeline:
         seed: int | None,
         progress: Callable[[int, int], None] | None,
         future: Tensor | None = None,
+        keys: Tensor | None = None,
     ) -> tuple[Tensor, dict]:
         """Forecast; on CUDA OOM halve ``samples_per_batch``, then ask for fewer series per batch
         (:class:`_BatchTooLarge`), then halve ``num_samples``, down to the minimums."""
@@ -505,6 +522,7 @@ class TotoPipeline:
                         future_exogenous_variables=future,
                         progress=progress,
                         hide_leading_padding=True,
+                        sample_keys=keys,
                     )
                 break
             except torch.cuda.OutOfMemoryError:
@@ -568,14 +586,23 @@ class _BatchTooLarge(Exception):
     """Out of memory with ``samples_per_batch`` at its minimum and several series in the batch."""
 
 
-def length_sorted_batches(observed: Tensor, batch_size: int) -> list[Tensor]:
+def length_sorted_batches(observed: Tensor, batch_size: int, keys: Tensor | None = None) -> list[Tensor]:
     """Indices of the series in batches of ``batch_size``, longest context first.
 
     A context starts at its first observed value in any variate; neighbours in length
-    share a batch, so the left padding inside each batch stays small.
+    share a batch, so the left padding inside each batch stays small. Ties go by ``keys``
+    when given (so the batches do not depend on the order of the input), else by position.
     """
-    order = torch.sort(first_observed_step(observed), stable=True).indices  # earliest start = longest first
+    order = torch.arange(observed.shape[0]) if keys is None else torch.sort(keys, stable=True).indices
+    starts = first_observed_step(observed)[order]
+    order = order[torch.sort(starts, stable=True).indices]  # earliest start = longest first
     return list(order.split(batch_size))
+
+
+def item_keys(seed: int, panel: "Panel") -> Tensor:
+    """Each item's random-stream key: from the seed, its id and its context's last timestamp
+    (so the windows of a backtest, which share an id, draw from different streams)."""
+    return series_keys(seed, [(item.item_id, item.timestamps[-1]) for item in panel.items])
 
 
 def trim_to_longest(series: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
@@ -599,6 +626,17 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def _keys_tensor(keys: Any, count: int) -> Tensor:
+    """``sample_keys`` as int64, one per series."""
+    try:
+        array = np.asarray(keys.cpu() if isinstance(keys, Tensor) else keys)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"sample_keys must be integers, one per series: {err}") from None
+    if array.shape != (count,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"sample_keys must be {count} integers (one per series), got {array.dtype} of shape {array.shape}")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def covariates_tensor(future: Any, series: Tensor, prediction_length: int) -> Tensor:

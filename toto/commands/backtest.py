@@ -4,6 +4,10 @@ Runs :func:`toto.evaluation.backtest` on a long CSV or Parquet file (one row per
 timestamp), prints Toto's and seasonal naive's metrics as a table on stdout, and can write
 the per-(item, window, target) metrics, the window forecasts and a plot of one item. All
 output files are staged as temporary files and moved into place together at the end.
+
+With ``--engine ray``, :func:`toto.distributed.backtest_dataset` runs it on a Ray cluster: the
+cluster reads the input, the table and the metrics file are the same, and the forecasts are
+a new folder of Parquet files. It draws no plot (the plot needs the whole input here).
 """
 
 from __future__ import annotations
@@ -16,24 +20,23 @@ from typing import Any, Hashable
 
 from ..loading import DEFAULT_MODEL_ID
 from ..pipeline import DEFAULT_FRAME_BATCH_SIZE
-from .common import add_device_argument, device_problem
-from .forecast import (
-    LongInput,
-    UsageError,
-    _finite,
-    _names,
-    _positive_int,
-    _quantiles,
-    frame_levels,
-    load_pipeline,
-    read_long_input,
+from .common import UsageError, _finite, _positive_int, add_device_argument, device_problem
+from .forecast import LongInput, _names, _quantiles, frame_levels, load_pipeline, long_columns, read_long_input
+from .ray_engine import (
+    add_engine_arguments,
+    check_engine,
+    check_output_folder,
+    connect_ray,
+    ray_errors,
+    write_ray_folder,
 )
 from .frames_io import DataFileError, check_output_path, frame_writer, pandas_module, staged_outputs
 
 PROG = "toto-compiled backtest"
 DESCRIPTION = (
     "Forecast the last --windows windows of every item of a long CSV or Parquet file (one row per item and "
-    "timestamp) and score them against seasonal naive: MASE, WQL, MAE, RMSE and interval coverage."
+    "timestamp) and score them against seasonal naive: MASE, WQL, MAE, RMSE and interval coverage. "
+    "With --engine ray, model workers on a Ray cluster forecast the windows."
 )
 DEFAULT_QUANTILES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 MODEL_COLUMN, BASELINE_COLUMN = "toto", "seasonal_naive"
@@ -46,7 +49,8 @@ def add_parser(subparsers) -> None:
     )
     add = parser.add_argument
     add("--model", default=DEFAULT_MODEL_ID, help="hub id or local folder (default: %(default)s)")
-    add("--input", required=True, type=Path, help="long-format .csv, .parquet or .pq file")
+    add("--input", required=True, type=Path,
+        help="long-format .csv, .parquet or .pq file (with --engine ray also a folder of Parquet files)")
     add("--id-column", default="item_id", help="default: %(default)s")
     add("--timestamp-column", default="timestamp", help="default: %(default)s")
     add("--target", type=_names, default="target", help="comma-separated value column(s) (default: %(default)s)")
@@ -64,12 +68,15 @@ def add_parser(subparsers) -> None:
     add("--batch-size", type=_positive_int, default=DEFAULT_FRAME_BATCH_SIZE,
         help="series (item windows) forecast at once (default: %(default)s)")
     add("--output", type=Path, help="metrics per (item, window, target): Parquet for .parquet or .pq, else CSV")
-    add("--forecasts", type=Path, help="the windows' forecasts: Parquet for .parquet or .pq, else CSV")
-    add("--plot", type=Path, help="image of one item's windows (PNG; another format by suffix, e.g. .svg)")
+    add("--forecasts", type=Path, help="the windows' forecasts: Parquet for .parquet or .pq, else CSV; "
+        "with --engine ray: a new folder that receives Parquet files")
+    add("--plot", type=Path, help="image of one item's windows (PNG; another format by suffix, e.g. .svg); "
+        "not with --engine ray")
     add("--plot-item", help="the item to plot (default: the first)")
     add_device_argument(parser)
     add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
     add("--seed", type=int, default=0, help="default: %(default)s")
+    add_engine_arguments(parser, "no --plot")
     parser.set_defaults(run=run)
 
 
@@ -83,6 +90,7 @@ def _interval(text: str) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> int:
     """Read, backtest, print the table, write the files. A user mistake prints one error line and returns 2."""
     try:
+        check_engine(args)
         backtest_command(args)
     except (UsageError, DataFileError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -100,12 +108,21 @@ def backtest_command(args: argparse.Namespace) -> None:
         raise UsageError(f"--interval {interval[0]:g},{interval[1]:g}: {missing[0]:g} is not among --quantiles")
     if args.plot_item is not None and args.plot is None:
         raise UsageError("--plot-item needs --plot")
+    if args.engine == "ray" and args.plot is not None:
+        raise UsageError("--plot is not supported with --engine ray (it needs the whole input here); "
+                         "use --engine local")
     outputs = {option: path for option, path in (("--output", args.output), ("--forecasts", args.forecasts),
                                                  ("--plot", args.plot)) if path is not None}
     for option, path in outputs.items():
-        check_output_path(path, option)
+        if option == "--forecasts" and args.engine == "ray":
+            check_output_folder(path, option)
+        else:
+            check_output_path(path, option)
     if len({path.resolve() for path in outputs.values()}) != len(outputs):
         raise UsageError(f"{', '.join(outputs)} must name different files")
+    if args.engine == "ray":
+        backtest_ray(args, levels, interval, outputs)
+        return
     image_format = _image_format(args.plot) if args.plot is not None else None
     if problem := device_problem(args.device):
         raise UsageError(problem)
@@ -147,6 +164,48 @@ def backtest_command(args: argparse.Namespace) -> None:
         if args.plot is not None:
             figure = _figure(long_input, result, plot_item, PLOT_SPANS * (args.prediction_length + (args.windows - 1) * stride))
             staged.write(args.plot, lambda temporary: _save_figure(figure, temporary, args.plot, image_format))
+    print(summary_table(result, args, stride, elapsed), end="")
+    for option, path in outputs.items():
+        print(f"wrote {path} ({option})", file=sys.stderr)
+
+
+def backtest_ray(
+    args: argparse.Namespace, levels: list[float], interval: tuple[float, float], outputs: dict[str, Path]
+) -> None:
+    """--engine ray: :func:`toto.distributed.backtest_dataset`; the table and metrics as the local engine's,
+    the forecasts as a new folder of Parquet files (written with the metrics file, or neither)."""
+    from ..distributed import backtest_dataset
+
+    id_column, timestamp_column, targets = long_columns(args)
+    workers = connect_ray(args)
+    stride = args.stride or args.prediction_length
+    print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
+          file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    with ray_errors(args):
+        result = backtest_dataset(
+            str(args.input.absolute()),
+            prediction_length=args.prediction_length,
+            windows=args.windows,
+            stride=stride,
+            id_column=id_column,
+            timestamp_column=timestamp_column,
+            target=targets,
+            quantile_levels=levels,
+            interval=interval,
+            seasonality=args.seasonality,
+            num_samples=args.num_samples,
+            samples_per_batch=args.samples_per_batch,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            **workers,
+        )
+        elapsed = time.perf_counter() - started
+        with staged_outputs() as staged:
+            if args.output is not None:
+                staged.write(args.output, frame_writer(result.metrics, args.output))
+            if args.forecasts is not None:  # before the metrics file moves into place: a failed job writes neither
+                write_ray_folder(result.forecasts, args.forecasts)
     print(summary_table(result, args, stride, elapsed), end="")
     for option, path in outputs.items():
         print(f"wrote {path} ({option})", file=sys.stderr)

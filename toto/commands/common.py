@@ -1,12 +1,31 @@
-"""What the subcommands share: the ``--device`` option, its availability check, timing sync, and device names."""
+"""What the subcommands share: usage errors, number options, the ``--device`` option, its availability check, timing sync, and device names."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import sys
 
 import torch
+
+
+class UsageError(Exception):
+    """A user mistake: one error line on stderr, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

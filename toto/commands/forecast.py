@@ -6,6 +6,11 @@ quantiles. Long mode (``--id-column`` and/or ``--target``; always for Parquet in
 per (item, timestamp) in CSV or Parquet, forecast by :meth:`TotoPipeline.predict_df`, whose
 frame is written as CSV or Parquet. Every output file is written to a temporary file first
 and moved into place whole.
+
+With ``--engine ray`` (long mode only), the Ray cluster reads the input and model actors
+forecast it (:func:`toto.distributed.forecast_dataset`); the output is a new folder of
+Parquet files, renamed into place once complete (:mod:`.ray_engine` holds what the Ray
+engine's commands share).
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ import torch
 from ..frames import CellError
 from ..loading import DEFAULT_MODEL_ID
 from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, TotoPipeline
-from .common import add_device_argument, device_problem
+from .common import UsageError, _finite, _positive_int, add_device_argument, device_problem
+from .ray_engine import (
+    add_engine_arguments,
+    check_engine,
+    check_output_folder,
+    connect_ray,
+    ray_errors,
+    write_ray_folder,
+)
 from .frames_io import (
     PARQUET_SUFFIXES,
     DataFile,
@@ -45,15 +58,12 @@ from .frames_io import (
 PROG = "toto-compiled forecast"
 DESCRIPTION = (
     "Forecast the value columns of a CSV file as one multivariate series (wide mode), or every item of a "
-    "long CSV or Parquet file (one row per item and timestamp; selected by --id-column or --target)."
+    "long CSV or Parquet file (one row per item and timestamp; selected by --id-column or --target). "
+    "With --engine ray, long format runs on a Ray cluster and writes a folder of Parquet files."
 )
 MISSING = frozenset({"", "nan", "na", "null"})  # compared lower-case
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 PROGRESS_EVERY_S = 2.0
-
-
-class UsageError(Exception):
-    """A user mistake: one error line on stderr, exit code 2."""
 
 
 class CsvError(UsageError):
@@ -76,7 +86,8 @@ def add_parser(subparsers) -> None:
     add = parser.add_argument
     add("--model", default=DEFAULT_MODEL_ID, help="hub id or local folder (default: %(default)s)")
     add("--input", required=True, type=Path,
-        help="wide: CSV with a header row; empty, nan, NA and null cells are missing. long: .csv, .parquet or .pq")
+        help="wide: CSV with a header row; empty, nan, NA and null cells are missing. long: .csv, .parquet or .pq "
+             "(with --engine ray also a folder of Parquet files)")
     add("--columns", type=_names, help="wide: comma-separated value columns (default: all but the timestamp column)")
     add("--timestamp-column",
         help="wide: column of ISO 8601 times or epoch seconds; long: the time column (default there: timestamp)")
@@ -92,17 +103,13 @@ def add_parser(subparsers) -> None:
     add("--quantiles", type=_quantiles, default="0.1,0.5,0.9",
         help="levels in [0, 1]; strictly inside (0, 1) in long format (default: %(default)s)")
     add("--output", type=Path,
-        help="output file: Parquet for a .parquet or .pq suffix (long format), else CSV (default: CSV on stdout)")
+        help="output file: Parquet for a .parquet or .pq suffix (long format), else CSV (default: CSV on stdout); "
+             "with --engine ray (required there): a new folder that receives Parquet files")
     add_device_argument(parser)
     add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
     add("--seed", type=int, default=0, help="default: %(default)s")
+    add_engine_arguments(parser, "forecast long format only; no --future")
     parser.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
 
 
 def _names(text: str) -> list[str]:
@@ -121,14 +128,6 @@ def _quantiles(text: str) -> list[tuple[str, float]]:
     if len({level for _, level in levels}) != len(levels):
         raise argparse.ArgumentTypeError(f"levels must be distinct, got {text!r}")
     return levels
-
-
-def _finite(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def read_table(path: Path, columns: list[str] | None, timestamp_column: str | None) -> Table:
@@ -247,7 +246,10 @@ def _progress_printer() -> Callable[[int, int], None]:
 def run(args: argparse.Namespace) -> int:
     """Read the input, forecast, write the output. A user mistake prints one error line and returns 2."""
     try:
-        if is_long(args):
+        check_engine(args)
+        if args.engine == "ray":
+            forecast_ray(args)
+        elif is_long(args):
             forecast_long(args)
         else:
             forecast(args)
@@ -356,17 +358,23 @@ class LongInput:
         return text
 
 
-def read_long_input(args: argparse.Namespace, *, future: Path | None = None) -> LongInput:
-    """Read --input (and ``future``) as long-format files and check that the named columns exist."""
+def long_columns(args: argparse.Namespace) -> tuple[str, str, list[str]]:
+    """The id column, the timestamp column and the targets of a long-format input (defaults applied)."""
     id_column = args.id_column or "item_id"
     timestamp_column = args.timestamp_column or "timestamp"
     targets = args.target or ["target"]
-    keys = {id_column: "--id-column", timestamp_column: "--timestamp-column"}
-    if len(keys) != 2 or set(keys) & set(targets):
+    if len({id_column, timestamp_column}) != 2 or {id_column, timestamp_column} & set(targets):
         raise UsageError(
             f"--id-column {id_column!r}, --timestamp-column {timestamp_column!r} and --target "
             f"{','.join(targets)!r} must name different columns"
         )
+    return id_column, timestamp_column, targets
+
+
+def read_long_input(args: argparse.Namespace, *, future: Path | None = None) -> LongInput:
+    """Read --input (and ``future``) as long-format files and check that the named columns exist."""
+    id_column, timestamp_column, targets = long_columns(args)
+    keys = {id_column: "--id-column", timestamp_column: "--timestamp-column"}
     data = read_data_file(args.input, text_columns=[id_column])
     check_columns(data, {**keys, **{name: "--target" for name in targets}})
     future_data = None
@@ -414,3 +422,42 @@ def forecast_long(args: argparse.Namespace) -> None:
         return
     with staged_outputs() as outputs:
         outputs.write(args.output, frame_writer(frame, args.output))
+
+
+def forecast_ray(args: argparse.Namespace) -> None:
+    """--engine ray: the cluster reads the long file (or Parquet folder) and model actors forecast every
+    item; the output is a new folder of Parquet files. Nothing is read into memory here."""
+    from ..distributed import forecast_dataset
+
+    if args.future is not None:
+        raise UsageError("--future is not supported with --engine ray; use --engine local")
+    if args.columns is not None or not (is_long(args) or args.input.is_dir()):
+        raise UsageError("--engine ray forecasts long format only (--id-column, --target); "
+                         "a wide CSV runs with --engine local")
+    levels = frame_levels(args.quantiles)
+    if args.output is None:
+        raise UsageError("--engine ray needs --output: a new folder for the Parquet files")
+    check_output_folder(args.output, "--output")
+    id_column, timestamp_column, targets = long_columns(args)
+    workers = connect_ray(args)
+    started = time.perf_counter()
+    with ray_errors(args):
+        dataset = forecast_dataset(
+            str(args.input.absolute()),
+            id_column=id_column,
+            timestamp_column=timestamp_column,
+            target=targets,
+            prediction_length=args.prediction_length,
+            quantile_levels=levels,
+            num_samples=args.num_samples,
+            samples_per_batch=args.samples_per_batch,
+            batch_size=args.batch_size or DEFAULT_FRAME_BATCH_SIZE,
+            seed=args.seed,
+            **workers,
+        )
+        write_ray_folder(dataset, args.output)
+    seconds = time.perf_counter() - started
+    print(f"forecast {args.input}, {args.prediction_length} steps, in {seconds:.1f} s; wrote {args.output}",
+          file=sys.stderr)
+
+

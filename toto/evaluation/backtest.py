@@ -9,6 +9,13 @@ windows of all items are forecast in length-sorted batches of one pipeline call.
 Metrics follow :mod:`toto.evaluation.metrics` (GluonTS's definitions): MAE and MASE
 score the median, RMSE the mean, WQL the quantiles, and coverage the interval.
 Needs pandas (extra ``toto-compiled[pandas]``).
+
+Two steps, so that workers can score disjoint shares of the items and a driver can
+aggregate them without the forecast arrays: :func:`score_items` forecasts and reduces
+each (item, window, target) row to totals (sums over its observed entries), and
+:func:`finish_backtest` derives every metric, per row and aggregated, from those sums
+with :func:`metrics_from_totals`. Sums add up across parts, so the result is the same
+however the items were split.
 """
 
 from __future__ import annotations
@@ -18,12 +25,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..frames import Panel, check_quantile_levels, forecast_frame, read_panel, require_pandas
+from ..frames import Panel, check_quantile_levels, forecast_frame, quantile_column, read_panel, require_pandas
 from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
 from ..validation import check_int
-from .metrics import interval_coverage, mae, mase, rmse, seasonal_error, seasonal_naive, wql
+from .metrics import _quantile_loss, seasonal_error, seasonal_naive
 
-__all__ = ["BacktestResult", "backtest", "seasonality_of"]
+__all__ = [
+    "BacktestParts",
+    "BacktestResult",
+    "backtest",
+    "finish_backtest",
+    "metrics_from_totals",
+    "score_items",
+    "seasonality_of",
+    "totals_columns",
+]
 
 MODEL = "toto"
 BASELINE = "seasonal_naive"
@@ -57,6 +73,36 @@ class BacktestResult:
     interval: tuple[float, float]
 
 
+@dataclass(frozen=True)
+class BacktestParts:
+    """What :func:`score_items` measured on some items, for :func:`finish_backtest`.
+
+    * ``forecasts``: as :class:`BacktestResult`'s.
+    * ``totals``: one row per (item, window, target): the keys (id column, ``window``,
+      ``cutoff``, ``target_name``), then :func:`totals_columns`, each a sum over the
+      row's observed (finite) actuals:
+
+      - ``observed``: their number; ``abs_actual``: the sum of their ``|actual|``;
+      - per model ``<m>`` (``toto``, then ``seasonal_naive``, whose point forecast stands
+        for its median, mean and every quantile): ``<m>_abs_error_sum`` of ``|actual - median|``,
+        ``<m>_squared_error_sum`` of ``(actual - mean)^2``, ``<m>_inside``: how many lie in
+        the closed interval,
+        ``<m>_mase_sum`` of ``|actual - median| / scale`` over the ``<m>_mase_count``
+        entries where that is defined (none when the scale is 0), and
+        ``<m>_quantile_loss_<level>`` (e.g. ``toto_quantile_loss_0.1``) of twice the
+        pinball loss, per level.
+
+    * ``seasonality``: item -> season; ``levels``: the quantile levels; ``interval``:
+      its (low, high) levels.
+    """
+
+    forecasts: Any
+    totals: Any
+    seasonality: dict
+    levels: list[float]
+    interval: tuple[float, float]
+
+
 def backtest(
     pipeline: TotoPipeline,
     df: Any,
@@ -82,7 +128,38 @@ def backtest(
     ``seasonality`` (the MASE and seasonal-naive period) defaults to each item's
     frequency's, as GluonTS infers it (hourly 24, daily 1, monthly 12, ...; 1 for
     numeric timestamps). The frame is read as :meth:`TotoPipeline.predict_df` reads it.
+    This is :func:`finish_backtest` of :func:`score_items` on the whole frame.
     """
+    parts = score_items(
+        pipeline, df, prediction_length=prediction_length, windows=windows, stride=stride, id_column=id_column,
+        timestamp_column=timestamp_column, target=target, quantile_levels=quantile_levels, interval=interval,
+        seasonality=seasonality, num_samples=num_samples, samples_per_batch=samples_per_batch,
+        batch_size=batch_size, seed=seed, show_progress=show_progress,
+    )  # fmt: skip
+    return finish_backtest(parts, id_column)
+
+
+def score_items(
+    pipeline: TotoPipeline,
+    df: Any,
+    *,
+    prediction_length: int,
+    windows: int = 1,
+    stride: int | None = None,
+    id_column: str = "item_id",
+    timestamp_column: str = "timestamp",
+    target: str | Sequence[str] = "target",
+    quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
+    interval: tuple[float, float] = (0.1, 0.9),
+    seasonality: int | None = None,
+    num_samples: int = 256,
+    samples_per_batch: int | None = None,
+    batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
+    seed: int | None = None,
+    show_progress: bool | None = None,
+) -> BacktestParts:
+    """:func:`backtest`'s first step on the items ``df`` holds (all of them, or one worker's
+    share): their windows' forecasts and each (item, window, target) row's totals."""
     pd = require_pandas()
     check_int("prediction_length", prediction_length)
     check_int("windows", windows)
@@ -125,10 +202,40 @@ def backtest(
             "target_name": np.tile(np.array(panel.targets, dtype=object), len(windowed.items)),
         }
     )
-    metrics = pd.concat([keys, pd.DataFrame(scored.metrics(axis=1))], axis=1)
-    per_item = _grouped(scored, keys, [id_column, "target_name"])
-    per_window = _grouped(scored, keys, ["window"])
-    overall = scored.metrics(axis=None)
+    totals = pd.concat([keys, pd.DataFrame(scored.totals())], axis=1)
+    return BacktestParts(forecasts, totals, seasons, levels, (levels[low], levels[high]))
+
+
+def finish_backtest(parts: BacktestParts | Sequence[BacktestParts], id_column: str = "item_id") -> BacktestResult:
+    """:func:`backtest`'s second step: the result of one or more disjoint :class:`BacktestParts`.
+
+    Several parts (one per worker, each from :func:`score_items` on its own items) are
+    concatenated in the order given, which orders ``forecasts``, ``metrics`` and
+    ``per_item``. A driver that already holds the concatenated ``forecasts`` and
+    ``totals`` frames and the merged seasonality passes ``BacktestParts(forecasts, totals,
+    seasonality, levels, interval)``. ``id_column`` is the one ``score_items`` was given.
+    """
+    pd = require_pandas()
+    parts = [parts] if isinstance(parts, BacktestParts) else list(parts)
+    if not parts:
+        raise ValueError("finish_backtest needs at least one BacktestParts")
+    first = parts[0]
+    if any(part.levels != first.levels or part.interval != first.interval for part in parts):
+        raise ValueError("every part must be scored with the same quantile_levels and interval")
+    seasonality = {item: season for part in parts for item, season in part.seasonality.items()}
+    if len(seasonality) != sum(len(part.seasonality) for part in parts):
+        # An item in two parts would count twice in every aggregate.
+        raise ValueError("parts must hold disjoint items")
+    if len(parts) == 1:
+        forecasts, totals = first.forecasts, first.totals
+    else:
+        forecasts = pd.concat([part.forecasts for part in parts], ignore_index=True)
+        totals = pd.concat([part.totals for part in parts], ignore_index=True)
+    levels = first.levels
+    metrics = metrics_from_totals(totals, levels, by=[id_column, "window", "cutoff", "target_name"])
+    per_item = metrics_from_totals(totals, levels, by=[id_column, "target_name"])
+    per_window = metrics_from_totals(totals, levels, by="window")
+    overall = metrics_from_totals(totals, levels).iloc[0]
     summary = pd.DataFrame(
         {
             MODEL: [overall[name] for name in METRICS],
@@ -140,7 +247,43 @@ def backtest(
         summary["ratio"] = [
             summary.at[name, MODEL] / summary.at[name, BASELINE] if name in ERROR_METRICS else np.nan for name in METRICS
         ]
-    return BacktestResult(forecasts, metrics, per_item, per_window, summary, seasons, (levels[low], levels[high]))
+    return BacktestResult(forecasts, metrics, per_item, per_window, summary, seasonality, first.interval)
+
+
+def totals_columns(levels: Sequence[float]) -> list[str]:
+    """The totals columns of :class:`BacktestParts` for quantile ``levels``, in order."""
+    per_model = ["mase_sum", "mase_count", "abs_error_sum", "squared_error_sum", "inside"]
+    per_model += [f"quantile_loss_{quantile_column(level)}" for level in levels]
+    return ["observed", "abs_actual", *(f"{model}_{name}" for model in (MODEL, BASELINE) for name in per_model)]
+
+
+def metrics_from_totals(totals: Any, levels: Sequence[float], by: str | Sequence[str] | None = None) -> Any:
+    """Each metric (Toto's, then ``seasonal_naive_<metric>``) from the summed totals of each
+    group of rows with equal ``by`` columns (groups in order of first appearance, ``by``
+    columns first), or of all rows (one row, metrics only) when ``by`` is None.
+
+    Every metric is a ratio of sums over observed entries, as :mod:`toto.evaluation.metrics`
+    aggregates with ``axis=None``, so any split of the rows into parts gives the same
+    groups' metrics once the parts' totals are concatenated.
+    """
+    pd = require_pandas()
+    columns = totals_columns(levels)
+    keys = [] if by is None else [by] if isinstance(by, str) else list(by)
+    # One code path for both: no ``by`` is a single group.
+    grouping = keys or np.zeros(len(totals), dtype=int)
+    sums = totals.groupby(grouping, sort=False, dropna=False)[columns].sum().reset_index(drop=not keys)
+    total = {name: sums[name].to_numpy(dtype=float) for name in columns}
+    metrics = {}
+    for model in (MODEL, BASELINE):
+        prefix = "" if model == MODEL else f"{BASELINE}_"
+        losses = np.array([total[f"{model}_quantile_loss_{quantile_column(level)}"] for level in levels])
+        with np.errstate(divide="ignore", invalid="ignore"):  # no observed (or only zero) actuals: NaN or inf
+            metrics[f"{prefix}MASE"] = total[f"{model}_mase_sum"] / total[f"{model}_mase_count"]
+            metrics[f"{prefix}WQL"] = np.mean(losses / total["abs_actual"], axis=0)
+            metrics[f"{prefix}MAE"] = total[f"{model}_abs_error_sum"] / total["observed"]
+            metrics[f"{prefix}RMSE"] = np.sqrt(total[f"{model}_squared_error_sum"] / total["observed"])
+            metrics[f"{prefix}coverage"] = total[f"{model}_inside"] / total["observed"]
+    return pd.concat([sums[keys], pd.DataFrame(metrics)], axis=1)
 
 
 def cut_windows(panel: Panel, prediction_length: int, windows: int, stride: int) -> Panel:
@@ -223,38 +366,40 @@ class _Scored:
             interval=interval,
         )
 
-    def subset(self, rows: np.ndarray) -> "_Scored":
-        return replace(
-            self, actual=self.actual[rows], quantiles=self.quantiles[rows], median=self.median[rows],
-            mean=self.mean[rows], naive=self.naive[rows], scale=self.scale[rows],
-        )
+    def totals(self) -> dict[str, np.ndarray]:
+        """Each row's totals (see :class:`BacktestParts`), with :mod:`~toto.evaluation.metrics`' masking."""
+        if not all(np.isfinite(a).all() for a in (self.quantiles, self.median, self.mean, self.naive)):
+            raise ValueError("forecasts must be finite (forecasts may not hold NaN or inf)")
+        observed = np.isfinite(self.actual)
+        actual = np.where(observed, self.actual, 0.0)  # zeroed so arithmetic on missing entries stays quiet
 
-    def metrics(self, axis: int | None) -> dict[str, Any]:
-        """Toto's metrics, then the baseline's (``seasonal_naive_<metric>``), over ``axis`` (gluonts' meaning)."""
+        def total(values: np.ndarray, keep: np.ndarray = observed) -> np.ndarray:
+            return np.where(keep, values, 0.0).sum(axis=-1)
+
         low, high = self.interval
-        flat_naive = np.repeat(self.naive[:, None], len(self.levels), axis=1)
-        return {
-            "MASE": mase(self.actual, self.median, scale=self.scale, axis=axis),
-            "WQL": wql(self.actual, self.quantiles, self.levels, axis=axis),
-            "MAE": mae(self.actual, self.median, axis=axis),
-            "RMSE": rmse(self.actual, self.mean, axis=axis),
-            "coverage": interval_coverage(self.actual, self.quantiles[:, low], self.quantiles[:, high], axis=axis),
-            f"{BASELINE}_MASE": mase(self.actual, self.naive, scale=self.scale, axis=axis),
-            f"{BASELINE}_WQL": wql(self.actual, flat_naive, self.levels, axis=axis),
-            f"{BASELINE}_MAE": mae(self.actual, self.naive, axis=axis),
-            f"{BASELINE}_RMSE": rmse(self.actual, self.naive, axis=axis),
-            f"{BASELINE}_coverage": interval_coverage(self.actual, self.naive, self.naive, axis=axis),
-        }
-
-
-def _grouped(scored: _Scored, keys: Any, by: list[str]) -> Any:
-    """The metrics aggregated (``axis=None``) within each group of rows."""
-    pd = require_pandas()
-    records = []
-    for group_key, rows in keys.groupby(by, sort=False).indices.items():
-        group_key = group_key if isinstance(group_key, tuple) else (group_key,)
-        records.append({**dict(zip(by, group_key)), **scored.subset(rows).metrics(axis=None)})
-    return pd.DataFrame.from_records(records)
+        scale = self.scale[:, None]
+        naive_quantiles = np.repeat(self.naive[:, None], len(self.levels), axis=1)
+        columns = {"observed": observed.sum(axis=-1), "abs_actual": total(np.abs(actual))}
+        for model, (point, mean, quantiles) in {
+            MODEL: (self.median, self.mean, self.quantiles),
+            BASELINE: (self.naive, self.naive, naive_quantiles),
+        }.items():
+            error = np.abs(actual - point)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                scaled = error / scale
+            # metrics.mase's rule (numpy.ma's, hence gluonts'): a scale within `tiny` of 0 relative to
+            # the error leaves the entry out.
+            defined = observed & (error * np.finfo(float).tiny < scale) & np.isfinite(scaled)
+            inside = observed & (quantiles[:, low] <= actual) & (actual <= quantiles[:, high])
+            columns[f"{model}_mase_sum"] = total(scaled, defined)
+            columns[f"{model}_mase_count"] = defined.sum(axis=-1)
+            columns[f"{model}_abs_error_sum"] = total(error)
+            columns[f"{model}_squared_error_sum"] = total(np.square(actual - mean))
+            columns[f"{model}_inside"] = inside.sum(axis=-1)
+            for index, level in enumerate(self.levels):
+                loss = _quantile_loss(actual, quantiles[:, index], level)
+                columns[f"{model}_quantile_loss_{quantile_column(level)}"] = total(loss)
+        return columns
 
 
 def _interval_columns(interval: tuple[float, float], levels: list[float]) -> tuple[int, int]:

@@ -10,7 +10,9 @@ reason. How many patches a cache holds is host bookkeeping, done by the caller
 (``KVCache.length``).
 
 One call is: :func:`prefill` (context rows), then for sampling :func:`begin` per sample
-batch, then :func:`decode_step` per patch. The mean path decodes in the context's own
+batch, then :func:`decode_step` per patch. Draws come from torch's generator, or, in the
+``keyed_*`` functions, from each series' own stream (:mod:`.keyed_random`), keyed by
+``ContextBuffers.keys``, the sample's index and the decoded patch's index. The mean path decodes in the context's own
 buffers; sample rows decode in buffers of their own that cache only the decoded patches
 and read the context's cache as a shared prefix (:class:`~toto.model.kv_cache.PrefixedCache`).
 """
@@ -28,6 +30,7 @@ from ..model.backbone import TotoBackbone
 from ..model.distribution import AffineTransformed, MixtureOfStudentT
 from ..model.kv_cache import KVCache, PrefixedCache
 from ..model.scaler import ScalerState
+from .keyed_random import Uniforms, keyed_uniforms
 
 
 class DecodeBuffers(NamedTuple):
@@ -36,6 +39,7 @@ class DecodeBuffers(NamedTuple):
     last_ids: Int[Tensor, "rows variate"]  # id of the newest patch; decoded patches inherit it
     position: Int[Tensor, ""]  # time position of the next patch (a context's length, after prefill)
     patch: Float[Tensor, "rows variate patch"]  # newest patch (data space): input of the next step, output of the last
+    first_sample: Int[Tensor, ""]  # sample rows: index of the sample batch's first sample (keyed draws)
 
     @classmethod
     def allocate(
@@ -58,6 +62,7 @@ class DecodeBuffers(NamedTuple):
             last_ids=torch.zeros(rows, variates, dtype=torch.long, device=device),
             position=torch.zeros((), dtype=torch.long, device=device),
             patch=torch.zeros(rows, variates, model.patch_size, dtype=data_dtype, device=device),
+            first_sample=torch.zeros((), dtype=torch.long, device=device),
         )
         mark_static(buffers.tensors())
         return buffers
@@ -67,7 +72,7 @@ class DecodeBuffers(NamedTuple):
         return self.last_ids.shape[0]
 
     def tensors(self) -> list[Tensor]:
-        return [*self.cache.tensors(), *self.scaler, self.last_ids, self.position, self.patch]
+        return [*self.cache.tensors(), *self.scaler, self.last_ids, self.position, self.patch, self.first_sample]
 
 
 class NextPatch(NamedTuple):
@@ -106,13 +111,15 @@ class KnownFuture(NamedTuple):
 
 class ContextBuffers(NamedTuple):
     """A prefilled context: its decode state (one row per series), the first patch's distribution,
-    the exogenous variates' known future, and each series' first patch after its left padding
-    (patches before it are hidden from time attention; all 0 unless the call asked for that)."""
+    the exogenous variates' known future, each series' first patch after its left padding
+    (patches before it are hidden from time attention; all 0 unless the call asked for that),
+    and each series' random-stream key (read by keyed draws only)."""
 
     state: DecodeBuffers
     head: NextPatch
     future: KnownFuture
     first_real: Int[Tensor, " rows"]
+    keys: Int[Tensor, " rows"]
 
     @classmethod
     def allocate(
@@ -130,11 +137,12 @@ class ContextBuffers(NamedTuple):
             torch.zeros(rows, variates, 1, dtype=torch.bool, device=device),
         )
         first_real = torch.zeros(rows, dtype=torch.long, device=device)
-        mark_static([*head, *future, first_real])
-        return cls(state, head, future, first_real)
+        keys = torch.zeros(rows, dtype=torch.long, device=device)
+        mark_static([*head, *future, first_real, keys])
+        return cls(state, head, future, first_real, keys)
 
     def tensors(self) -> list[Tensor]:
-        return [*self.state.tensors(), *self.head, *self.future, self.first_real]
+        return [*self.state.tensors(), *self.head, *self.future, self.first_real, self.keys]
 
 
 def mark_static(tensors: Iterable[Tensor]) -> None:
@@ -194,13 +202,22 @@ def prefill(
 
 def begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
     """Start a sample batch: every row at the end of its context, its first patch drawn."""
+    _start(buffers, context, draw(context, buffers.rows // context.state.rows))
+
+
+def keyed_begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
+    """:func:`begin`, the first patch drawn from each series' stream (samples from ``buffers.first_sample`` on)."""
+    _start(buffers, context, _keyed_draw(context, buffers.rows // context.state.rows, buffers.first_sample))
+
+
+def _start(buffers: DecodeBuffers, context: ContextBuffers, first_patch: Tensor) -> None:
     batch = context.state.rows
     repeats = buffers.rows // batch
     for dst, src in zip(buffers.scaler, context.state.scaler):
         dst.unflatten(0, (repeats, batch)).copy_(src)
     buffers.last_ids.unflatten(0, (repeats, batch)).copy_(context.state.last_ids)
     buffers.position.copy_(context.state.position)
-    buffers.patch.copy_(draw(context, repeats))
+    buffers.patch.copy_(first_patch)
 
 
 def draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_batch variate patch"]:
@@ -209,20 +226,46 @@ def draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_batch va
     return context.future.apply(drawn, context.state.position)
 
 
+def keyed_draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_batch variate patch"]:
+    """:func:`draw`, samples ``0 .. count - 1`` of each series' stream."""
+    return _keyed_draw(context, count, torch.zeros((), dtype=torch.long, device=context.keys.device))
+
+
+def _keyed_draw(context: ContextBuffers, count: int, first_sample: Int[Tensor, ""]) -> Tensor:
+    distribution = context.head.distribution()
+    uniforms = _uniforms(context, distribution, first_sample, count, torch.zeros_like(first_sample))
+    drawn = replace_extreme_values(distribution.sample_from(uniforms)).flatten(0, 1)
+    return context.future.apply(drawn, context.state.position)
+
+
+def _uniforms(
+    context: ContextBuffers, distribution: AffineTransformed, first_sample: Tensor, count: int, step: Tensor
+) -> Uniforms:
+    """Uniforms ``[count, series, variate, patch]`` for the draws of decoded patch ``step``."""
+    _, variates, patch = distribution.batch_shape[-3:]
+    dtype = distribution.base.logits.dtype  # the mixture's own (at least float32)
+    return keyed_uniforms(context.keys, first_sample, count, step, variates, patch, dtype)
+
+
 def next_patch(distribution: AffineTransformed, sample: bool, draws: tuple[int, ...] = ()) -> Tensor:
     """The distribution's mean, or a draw (``draws`` extra leading dims), with extreme values replaced."""
     return replace_extreme_values(distribution.sample(draws) if sample else distribution.mean)
 
 
 def decode_step(
-    model: TotoBackbone, buffers: DecodeBuffers, context: ContextBuffers, sample: bool, shared_prefix: bool
+    model: TotoBackbone,
+    buffers: DecodeBuffers,
+    context: ContextBuffers,
+    sample: bool,
+    shared_prefix: bool,
+    keyed: bool = False,
 ) -> None:
     """Append ``buffers.patch`` at ``buffers.position`` and replace it with the next patch (a draw or the mean).
 
     ``shared_prefix``: ``buffers`` are sample rows laid out (sample, series) whose cache
     holds only decoded patches, and the context's cache is their shared prefix. Otherwise
     ``buffers`` are the context's own. Known future values of exogenous variates replace
-    what the model decodes for them.
+    what the model decodes for them. ``keyed``: draw from each series' stream.
     """
     scaled, loc, scale, stats = model.scaler.step(buffers.scaler, buffers.patch)
     cache = buffers.cache
@@ -231,7 +274,13 @@ def decode_step(
         cache = PrefixedCache(cache, context.state.cache, context.state.position + model.num_prepended_tokens)
     hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache, first_real=context.first_real)
     distribution = AffineTransformed(model.fast_head(hidden), loc[..., None], scale[..., None])
-    buffers.patch.copy_(context.future.apply(next_patch(distribution, sample), buffers.position + 1))
+    if keyed:  # rows are (sample, series): the uniforms' leading (count, series) flattened to match
+        step = buffers.position + 1 - context.state.position
+        uniforms = _uniforms(context, distribution, buffers.first_sample, buffers.rows // context.state.rows, step)
+        drawn = replace_extreme_values(distribution.sample_from(Uniforms(*(u.flatten(0, 1) for u in uniforms))))
+    else:
+        drawn = next_patch(distribution, sample)
+    buffers.patch.copy_(context.future.apply(drawn, buffers.position + 1))
     for dst, src in zip(buffers.scaler[:3], stats[:3]):  # the clamp bounds never change
         dst.copy_(src)
     buffers.position.add_(1)
@@ -240,6 +289,10 @@ def decode_step(
 # One function per mode, so each compiles to exactly one graph (a bool argument would be a guard).
 def sample_step(model: TotoBackbone, buffers: DecodeBuffers, context: ContextBuffers) -> None:
     decode_step(model, buffers, context, sample=True, shared_prefix=True)
+
+
+def keyed_sample_step(model: TotoBackbone, buffers: DecodeBuffers, context: ContextBuffers) -> None:
+    decode_step(model, buffers, context, sample=True, shared_prefix=True, keyed=True)
 
 
 def mean_step(model: TotoBackbone, context: ContextBuffers) -> None:

@@ -27,6 +27,9 @@ from .decoding import (
     DecodeBuffers,
     begin,
     draw,
+    keyed_begin,
+    keyed_draw,
+    keyed_sample_step,
     mean_step,
     next_patch,
     prefill,
@@ -134,10 +137,13 @@ class TotoForecaster:
         self._prefill = CompiledFunction(prefill, per_call, dynamic=False, failures=failures)
         self._begin = CompiledFunction(begin, per_call, dynamic=False, failures=failures)
         self._draw = CompiledFunction(draw, per_call, dynamic=False, failures=failures)
+        self._keyed_begin = CompiledFunction(keyed_begin, per_call, dynamic=False, failures=failures)
+        self._keyed_draw = CompiledFunction(keyed_draw, per_call, dynamic=False, failures=failures)
         self._steps = {
             True: CompiledFunction(sample_step, self.compile_settings, failures=failures),
             False: CompiledFunction(mean_step, self.compile_settings, failures=failures),
         }
+        self._keyed_step = CompiledFunction(keyed_sample_step, self.compile_settings, failures=failures)
         self._compile_cache = CompileCache.resolve(compile_cache_dir) if self.compile_settings.enabled else None
         if self._compile_cache is not None:
             self._compile_cache.load()
@@ -162,7 +168,10 @@ class TotoForecaster:
         return next((fn.error for fn in self._compiled_functions() if fn.error), None)
 
     def _compiled_functions(self) -> list[CompiledFunction]:
-        return [self._prefill, self._begin, self._draw, *self._steps.values()]
+        return [
+            self._prefill, self._begin, self._draw, self._keyed_begin, self._keyed_draw, *self._steps.values(),
+            self._keyed_step,
+        ]
 
     def capacity_for(self, context_length: int, prediction_length: int) -> int:
         """KV-cache capacity (patches) of a call: its buffers' and compiled graphs' bucket."""
@@ -186,6 +195,7 @@ class TotoForecaster:
         *,
         progress: Callable[[int, int], None] | None = None,
         hide_leading_padding: bool = False,
+        sample_keys: Int[Tensor, " batch"] | None = None,
     ) -> Forecast:
         """Forecast ``prediction_length`` steps: the mean path (``num_samples=None``) or sample paths.
 
@@ -201,6 +211,11 @@ class TotoForecaster:
         its variates) are hidden from time attention, so a series left-padded to share a
         batch with longer ones is forecast as it would be alone. Upstream attends to them,
         so this is off by default; it needs ``use_kv_cache=True``.
+
+        ``sample_keys``: one int64 key per series; each series' samples are then drawn from
+        its own stream (:mod:`toto.inference.keyed_random`), so sample ``s`` of a series is
+        the same whatever else shares the batch and whatever ``samples_per_batch`` is (up to
+        the rounding of the batch's arithmetic). Needs ``use_kv_cache=True``.
         """
         check_int("prediction_length", prediction_length)
         check_int("samples_per_batch", samples_per_batch)
@@ -208,9 +223,11 @@ class TotoForecaster:
             check_int("num_samples", num_samples)
         if hide_leading_padding and not (use_kv_cache and self._native):
             raise ValueError("hide_leading_padding needs use_kv_cache=True and a TotoBackbone")
+        if sample_keys is not None and not (use_kv_cache and self._native):
+            raise ValueError("sample_keys needs use_kv_cache=True and a TotoBackbone")
         args = (
             inputs, prediction_length, num_samples, samples_per_batch, use_kv_cache, future_exogenous_variables, progress,
-            hide_leading_padding,
+            hide_leading_padding, sample_keys,
         )
         with self._lock:
             if self._compile_cache is None:
@@ -279,8 +296,10 @@ class TotoForecaster:
         future_exogenous_variables: Tensor | None,
         progress: Callable[[int, int], None] | None,
         hide_leading_padding: bool = False,
+        sample_keys: Tensor | None = None,
     ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
+        keys = None if sample_keys is None else _checked_keys(sample_keys, series.shape[0], series.device)
         patch = self.patch_size
         num_steps = -(-prediction_length // patch)
         future = known_future(
@@ -319,7 +338,7 @@ class TotoForecaster:
         else:
             paths = self._decode(
                 series, observed, ids, num_steps, num_samples, samples_per_batch, future, inputs.num_exogenous_variables,
-                progress, hide_leading_padding,
+                progress, hide_leading_padding, keys,
             )
         if num_samples is None:
             return Forecast(mean=paths[..., :prediction_length], samples=None)
@@ -384,8 +403,10 @@ class TotoForecaster:
         num_exogenous: int = 0,
         progress: Callable[[int, int], None] | None = None,
         hide_leading_padding: bool = False,
+        keys: Tensor | None = None,
     ) -> Float[Tensor, "rows variate steps_x_patch"]:
-        """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time.
+        """Prefill once, then decode the mean path or ``num_samples`` paths, ``per_batch`` at a time
+        (from each series' stream when ``keys`` are given).
 
         Every batch has the same number of rows (the last one is trimmed), so one
         compiled graph serves them all.
@@ -400,6 +421,8 @@ class TotoForecaster:
         staged = self._stage(series, observed, ids, capacity if self._prefill.active else num_context)
         last = torch.tensor(num_context - 1, device=series.device)
         self._set_known_future(context, future, num_context)
+        if keys is not None:
+            context.keys.copy_(keys)
         labels = self.model.num_prepended_tokens
         context.state.cache.length = labels + num_context
         # Only variate labels read which variates are exogenous; without them, skip making the mask.
@@ -410,7 +433,9 @@ class TotoForecaster:
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
             if progress is not None:
                 progress(1, 1)
-            return self._draw(context, num_samples).clone() if sample else context.state.patch.clone()
+            if not sample:
+                return context.state.patch.clone()
+            return (self._draw if keys is None else self._keyed_draw)(context, num_samples).clone()
         if sample:
             # Sample rows cache only what they decode; the context's cache is their shared prefix.
             repeats = min(per_batch, num_samples)
@@ -419,12 +444,15 @@ class TotoForecaster:
         else:
             buffers = context.state
             step_args = (self.model, context)
-        step = self._steps[sample]
+        step = self._keyed_step if sample and keys is not None else self._steps[sample]
+        begin = self._begin if keys is None else self._keyed_begin
         num_batches = 1 if num_samples is None else -(-num_samples // repeats)
         paths = []
         for batch_index in range(num_batches):
             if sample:
-                self._begin(buffers, context)
+                if keys is not None:
+                    buffers.first_sample.fill_(batch_index * repeats)
+                begin(buffers, context)
             buffers.cache.length = 0 if sample else labels + num_context
             patches = [buffers.patch.clone()]
             for step_index in range(1, num_steps):
@@ -460,6 +488,16 @@ class TotoForecaster:
                 self._buffers.popitem(last=False)
             self._buffers[key] = kind.allocate(self.model, rows, variates, capacity, *key[-2:])
         return self._buffers[key]
+
+
+def _checked_keys(keys: Tensor, batch: int, device: torch.device) -> Int[Tensor, " batch"]:
+    keys = torch.as_tensor(keys)
+    if keys.shape != (batch,) or keys.dtype != torch.long:
+        raise ValueError(
+            f"sample_keys must be an int64 tensor of shape ({batch},), one key per series; "
+            f"got {keys.dtype} of shape {tuple(keys.shape)}"
+        )
+    return keys.to(device)
 
 
 def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:

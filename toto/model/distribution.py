@@ -3,18 +3,25 @@
 Sampling never calls ``torch.multinomial`` or reads values back to the host:
 the component is chosen by inverse CDF (one uniform per draw against the
 cumulative mixture weights), and a Student-T draw is ``normal / sqrt(chi2(df) /
-df)`` with ``chi2 = 2 * Gamma(df / 2)``.
+df)`` with ``chi2 = 2 * Gamma(df / 2)``. :meth:`MixtureOfStudentT.sample_from`
+draws from given uniforms instead (per-series streams, see
+:mod:`toto.inference.keyed_random`): Gamma draws need a varying number of them, so
+there the Student-T draw is Bailey's polar method, which needs exactly two.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
+
+if TYPE_CHECKING:
+    from ..inference.keyed_random import Uniforms
 
 
 class MixtureOfStudentT(Distribution):
@@ -77,6 +84,26 @@ class MixtureOfStudentT(Distribution):
         normal = torch.randn_like(loc)
         return loc + scale * normal * torch.rsqrt(chi2 / df)
 
+    def sample_from(self, uniforms: "Uniforms") -> Tensor:
+        """One draw per element of ``uniforms`` (shaped draw dimensions + batch shape).
+
+        The component by inverse CDF, as :meth:`sample`. The Student-T draw by Bailey's
+        polar method (Math. Comp. 62, 1994) with the point of the unit disc taken in polar
+        form, so nothing is rejected: for ``p`` uniform on (0, 1) (the squared radius) and an
+        angle ``a``, ``cos(2 pi a) * sqrt(df * (p ** (-2 / df) - 1))`` is Student-T with
+        ``df`` degrees of freedom. ``p ** (-2 / df) - 1`` is an ``expm1`` of ``log p``,
+        taken from ``1 - p`` when ``p`` is near 1, where ``p`` itself has lost its digits.
+        """
+        shape = uniforms.component.shape
+        boundaries = torch.cumsum(self.mixture_probs, dim=-1)[..., :-1]
+        choice = (uniforms.component[..., None] >= boundaries).sum(-1, keepdim=True)
+        full = (*shape, self.logits.shape[-1])
+        df, loc, scale = (t.expand(full).gather(-1, choice).squeeze(-1) for t in (self.df, self.loc, self.scale))
+        p, q = uniforms.radius, uniforms.radius_complement
+        log_p = torch.where(p < 0.5, torch.log(p), torch.log1p(-q))
+        radius = torch.sqrt(df * torch.expm1(-2.0 / df * log_p))
+        return loc + scale * radius * torch.cos((2.0 * math.pi) * uniforms.angle)
+
 
 class AffineTransformed(Distribution):
     """``loc + scale * X`` for a base distribution ``X``; maps the scaled space back to data."""
@@ -102,6 +129,10 @@ class AffineTransformed(Distribution):
 
     def sample(self, sample_shape: torch.Size | tuple = torch.Size()) -> Tensor:
         return self.loc + self.scale * self.base.sample(sample_shape)
+
+    def sample_from(self, uniforms: "Uniforms") -> Tensor:
+        """A draw from given uniforms (see :meth:`MixtureOfStudentT.sample_from`)."""
+        return self.loc + self.scale * self.base.sample_from(uniforms)
 
 
 class MixtureOfStudentTsOutput(nn.Module):

@@ -1,0 +1,442 @@
+"""Forecasts and backtests over a Ray cluster (extra ``toto-compiled[ray]``).
+
+The driver plans the items of a long frame (one row per item and timestamp) into
+batches of ``batch_size`` items, longest first with ties broken by each item's
+random-stream key, as :meth:`TotoPipeline.predict_df` orders them. Ray Data gathers each
+batch's rows on one worker (a ``groupby`` on the batch number) and a pool of model actors
+forecasts them; each actor loads the checkpoint and compiles its graphs once, sharing
+the compile cache folder when one is given. Ray restarts an actor that dies and retries
+its batch, so every item comes out exactly once.
+
+With ``seed`` set, each item draws from its own stream keyed by (seed, id, last
+timestamp), so its samples do not depend on how items are spread over workers; when the
+planned batches equal the local engine's (items whose rows have no gaps), the output is
+the local engine's, bit for bit. Nothing here runs at import of :mod:`toto`; Ray is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .frames import check_quantile_levels, quantile_column, require_pandas, target_names
+from .inference.keyed_random import series_key
+from .pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
+from .validation import check_int
+
+__all__ = ["backtest_dataset", "connect", "forecast_dataset", "read_dataset", "write_parquet_folder"]
+
+RAY_EXTRA = 'pip install "toto-compiled[ray]"'
+BATCH_COLUMN = "__toto_batch"
+SEASON_COLUMN = "__toto_season"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module with Ray Data, or an ``ImportError`` naming the extra that installs it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"the Ray engine needs ray[data]: {RAY_EXTRA}") from err
+    return ray
+
+
+def connect(address: str | None = None, **init_kwargs: Any) -> None:
+    """Join the Ray cluster at ``address`` (``"auto"``: the one this machine is part of), or start
+    a local one (``None``). An address that does not answer is a ``ConnectionError`` naming it,
+    within seconds (``ray.init`` itself retries for minutes)."""
+    ray = require_ray()
+    remote = address not in (None, "auto", "local")
+    host, port = _host_and_port(address) if remote else (None, None)
+    if ray.is_initialized():
+        return
+    if remote:
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as err:
+            raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {err.strerror or err}") from None
+    try:
+        ray.init(address=address, include_dashboard=False, **init_kwargs)
+    except ConnectionError as err:
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r}: {str(err).splitlines()[0]}") from None
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    bare = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"Ray address {address!r} must be 'auto', or HOST:PORT (optionally ray://HOST:PORT)")
+    return host.strip("[]"), int(port)
+
+
+def read_dataset(source: Any, columns: Sequence[str]) -> Any:
+    """``source`` (a Ray Dataset, or a path to a Parquet file or folder or a CSV file) as a Ray
+    Dataset, checked to hold ``columns``. Unreadable files and missing columns are a
+    ``ValueError`` naming the file and column, before any model worker starts."""
+    ray = require_ray()
+    name = "dataset"
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(path)
+        if not path.exists():
+            raise ValueError(f"input {name} does not exist")
+        csv = path.is_file() and path.suffix.lower() == ".csv"
+        try:
+            dataset = ray.data.read_csv(str(path)) if csv else ray.data.read_parquet(str(path))
+            schema = dataset.schema()
+        except Exception as err:  # pyarrow and Ray raise many kinds; all mean the same to the user
+            raise ValueError(f"cannot read {name}: {_one_line(err)}") from None
+    else:
+        dataset = source
+        schema = dataset.schema()
+    if schema is None:
+        raise ValueError(f"{name} holds no rows")
+    present = list(schema.names)
+    for column in columns:
+        if column not in present:
+            raise ValueError(f"{name}: missing column {column!r} (columns: {', '.join(present)})")
+    return dataset
+
+
+def forecast_dataset(
+    dataset: Any,
+    *,
+    model: str | os.PathLike,
+    prediction_length: int,
+    id_column: str = "item_id",
+    timestamp_column: str = "timestamp",
+    target: str | Sequence[str] = "target",
+    quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
+    num_samples: int = 256,
+    samples_per_batch: int | None = None,
+    batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
+    seed: int | None = 0,
+    concurrency: int = 1,
+    num_cpus_per_worker: float | None = None,
+    num_gpus_per_worker: float = 0,
+    compile: bool = True,
+    compile_cache_dir: str | os.PathLike | None = None,
+    torch_dtype: str | None = None,
+    _worker_hook: Callable[[], None] | None = None,
+) -> Any:
+    """Forecast every item of a long Ray Dataset (or Parquet/CSV path) on ``concurrency`` model actors.
+
+    Returns a Ray Dataset in :meth:`TotoPipeline.predict_df`'s output schema (rows in no
+    particular order across items). ``model``: a folder every worker can read, or a hub id.
+    ``num_gpus_per_worker`` > 0 puts each actor on a GPU; ``torch_dtype`` (``"bfloat16"``)
+    loads the weights in that dtype. ``seed=None`` draws from torch's generator, so a retried
+    batch draws again. ``_worker_hook`` is called by each actor before each batch (tests
+    use it to kill one).
+    """
+    job = _Job.prepare(
+        dataset, model, prediction_length, num_samples, samples_per_batch, batch_size, concurrency, id_column,
+        timestamp_column, target, quantile_levels, seed, num_cpus_per_worker, num_gpus_per_worker, compile,
+        compile_cache_dir, torch_dtype, _worker_hook,
+    )  # fmt: skip
+    return job.run(_ForecastActor, job.common)
+
+
+def backtest_dataset(
+    dataset: Any,
+    *,
+    model: str | os.PathLike,
+    prediction_length: int,
+    windows: int = 1,
+    stride: int | None = None,
+    id_column: str = "item_id",
+    timestamp_column: str = "timestamp",
+    target: str | Sequence[str] = "target",
+    quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
+    interval: tuple[float, float] = (0.1, 0.9),
+    seasonality: int | None = None,
+    num_samples: int = 256,
+    samples_per_batch: int | None = None,
+    batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
+    seed: int | None = 0,
+    concurrency: int = 1,
+    num_cpus_per_worker: float | None = None,
+    num_gpus_per_worker: float = 0,
+    compile: bool = True,
+    compile_cache_dir: str | os.PathLike | None = None,
+    torch_dtype: str | None = None,
+    _worker_hook: Callable[[], None] | None = None,
+) -> Any:
+    """:func:`toto.evaluation.backtest` over a Ray cluster: a :class:`~toto.evaluation.backtest.BacktestResult`
+    whose ``forecasts`` is a Ray Dataset (long, one row per item, window, target and step)
+    and whose metrics are computed on the driver from each row's totals, with the same code
+    as the local backtest, so they equal it (up to the rounding of batched arithmetic and
+    of summation order). Options as :func:`forecast_dataset` and :func:`~toto.evaluation.backtest`.
+    """
+    from .evaluation.backtest import BacktestParts, finish_backtest
+
+    from .evaluation.backtest import _interval_columns
+
+    check_int("windows", windows)
+    if stride is not None:
+        check_int("stride", stride)
+    if seasonality is not None:
+        check_int("seasonality", seasonality)
+    levels = check_quantile_levels(quantile_levels)
+    low, high = (levels[index] for index in _interval_columns(interval, levels))
+    job = _Job.prepare(
+        dataset, model, prediction_length, num_samples, samples_per_batch, batch_size, concurrency, id_column,
+        timestamp_column, target, quantile_levels, seed, num_cpus_per_worker, num_gpus_per_worker, compile,
+        compile_cache_dir, torch_dtype, _worker_hook,
+    )  # fmt: skip
+    score = {**job.common, "windows": windows, "stride": stride, "interval": (low, high), "seasonality": seasonality,
+             "batch_size": batch_size}  # fmt: skip
+    nested = job.run(_BacktestActor, score).materialize()
+    horizon_columns = _horizon_columns(timestamp_column, levels)
+    totals = _numpy_backed(nested.drop_columns(horizon_columns).to_pandas())
+    seasons = totals.drop_duplicates(id_column).set_index(id_column)[SEASON_COLUMN]
+    totals = totals.drop(columns=SEASON_COLUMN)
+    keys = [id_column, "window", "cutoff", "target_name"]
+    forecasts = nested.map_batches(
+        _unnested, fn_kwargs={"keys": keys, "horizon_columns": horizon_columns}, batch_format="pandas"
+    )
+    parts = BacktestParts(forecasts, totals, {k: int(v) for k, v in seasons.items()}, levels, (low, high))
+    return finish_backtest(parts, id_column)
+
+
+def write_parquet_folder(dataset: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``dataset`` as a folder of Parquet files at ``path``, atomically: into a hidden
+    folder beside it, renamed into place once every file is written. A failed job leaves
+    nothing at ``path``. ``path`` must be on storage every worker writes to (a local cluster's
+    disk, or a shared file system)."""
+    path = Path(path)
+    if path.exists() and not (overwrite and path.is_dir()):
+        raise FileExistsError(f"output {path} exists" + ("" if overwrite else "; pass overwrite=True to replace it"))
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        dataset.write_parquet(str(staging))
+        staging.mkdir(exist_ok=True)  # an empty dataset writes no file, but its folder is still the output
+        if path.exists():
+            retired = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.old"
+            path.rename(retired)
+            staging.rename(path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+# Planning ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A checked, planned job: the rows tagged with their batch, and what each actor needs."""
+
+    tagged: Any
+    batches: int
+    concurrency: int
+    num_cpus: float
+    num_gpus: float
+    worker: "_WorkerSettings"
+    common: dict  # the keyword arguments predict_df and score_items share
+
+    @classmethod
+    def prepare(
+        cls, dataset, model, prediction_length, num_samples, samples_per_batch, batch_size, concurrency, id_column,
+        timestamp_column, target, quantile_levels, seed, num_cpus_per_worker, num_gpus_per_worker, compile,
+        compile_cache_dir, torch_dtype, hook,
+    ) -> "_Job":  # fmt: skip
+        """Check every option, then read and plan: all before any model actor starts."""
+        check_int("prediction_length", prediction_length)
+        check_int("num_samples", num_samples)
+        check_int("batch_size", batch_size)
+        check_int("concurrency", concurrency)
+        samples_per_batch = num_samples if samples_per_batch is None else samples_per_batch
+        check_int("samples_per_batch", samples_per_batch)
+        if not num_gpus_per_worker >= 0:
+            raise ValueError(f"num_gpus_per_worker must be 0 or more, got {num_gpus_per_worker!r}")
+        targets = list(target_names(target))
+        levels = check_quantile_levels(quantile_levels)
+        rows = read_dataset(dataset, [id_column, timestamp_column, *targets])
+        tagged, batches = _planned(rows, id_column, timestamp_column, batch_size, seed)
+        cpus = _cpu_share(num_cpus_per_worker, concurrency)
+        worker = _WorkerSettings(str(model), num_gpus_per_worker > 0, compile, _str_or_none(compile_cache_dir),
+                                 torch_dtype, math.ceil(cpus), hook)  # fmt: skip
+        common = dict(
+            id_column=id_column, timestamp_column=timestamp_column, target=targets, quantile_levels=levels,
+            prediction_length=prediction_length, num_samples=num_samples, samples_per_batch=samples_per_batch, seed=seed,
+        )
+        return cls(tagged, batches, concurrency, cpus, num_gpus_per_worker, worker, common)
+
+    def run(self, actor: type, call_kwargs: dict) -> Any:
+        """Each planned batch gathered on one worker and handed whole to one call of ``actor``."""
+        ray = require_ray()
+        return self.tagged.groupby(BATCH_COLUMN, num_partitions=min(self.batches, _partitions())).map_groups(
+            actor,
+            compute=ray.data.ActorPoolStrategy(size=self.concurrency),
+            fn_constructor_kwargs={"settings": self.worker},
+            fn_kwargs=call_kwargs,
+            batch_format="pandas",
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus or None,
+            max_restarts=-1,  # a dead actor is restarted ...
+            max_task_retries=-1,  # ... and its batch retried
+        )
+
+
+def _cpu_share(requested: float | None, concurrency: int) -> float:
+    """CPUs each model actor reserves: ``requested``, else one, but never so many that the
+    actors hold every CPU of the cluster: the tasks that read and group the rows need one,
+    and Ray would wait for it forever."""
+    cpus = require_ray().cluster_resources().get("CPU", 1.0)
+    if requested is None:
+        return max(0.1, min(1.0, (cpus - 1) / concurrency))
+    if not requested > 0:
+        raise ValueError(f"num_cpus_per_worker must be positive, got {requested!r}")
+    if cpus - requested * concurrency < 1:
+        raise ValueError(
+            f"num_cpus_per_worker={requested:g} x concurrency={concurrency} leaves the cluster's {cpus:g} CPUs "
+            "less than one for the tasks that read and group the rows; Ray would wait for it forever"
+        )
+    return float(requested)
+
+
+def _planned(rows: Any, id_column: str, timestamp_column: str, batch_size: int, seed: int | None) -> tuple[Any, int]:
+    """``rows`` with each item's batch number in :data:`BATCH_COLUMN`, and the number of batches.
+
+    Items go longest first (by rows), ties by their stream key: the local engine's order
+    for items without gaps, whatever order the rows arrive in.
+    """
+    # Each block's rows per item and latest timestamp, combined here: a map, not a shuffle
+    # (a groupby costs seconds of scheduling even on a small input), and small: one row per
+    # item and block.
+    partial = rows.select_columns([id_column, timestamp_column]).map_batches(
+        _item_stats, fn_kwargs={"id_column": id_column, "timestamp_column": timestamp_column},
+        batch_format="pandas", batch_size=None,
+    )  # fmt: skip
+    stats = _numpy_backed(partial.to_pandas())
+    if stats.empty:
+        raise ValueError("the input holds no rows")
+    stats = stats.groupby(id_column, sort=False).agg(rows=("rows", "sum"), last=("last", "max")).reset_index()
+    ids, counts, last = stats[id_column], stats["rows"].to_numpy(), stats["last"]
+    keys = np.array([series_key(0 if seed is None else seed, item, stamp) for item, stamp in zip(ids, last)])
+    order = np.lexsort((keys, -counts))  # the last key sorts first
+    batch_of = {ids.iloc[index]: position // batch_size for position, index in enumerate(order)}
+    tagged = rows.map_batches(_tag_batch, fn_kwargs={"batch_of": batch_of, "id_column": id_column},
+                              batch_format="pandas")  # fmt: skip
+    return tagged, -(-len(order) // batch_size)
+
+
+def _item_stats(rows: Any, id_column: str, timestamp_column: str) -> Any:
+    grouped = rows.groupby(id_column, sort=False)[timestamp_column]
+    return grouped.agg(rows="size", last="max").reset_index()
+
+
+def _partitions() -> int:
+    """Shuffle partitions of a groupby: two per CPU of the cluster (Ray's default, 200, costs
+    seconds of scheduling on a small cluster and gains nothing)."""
+    cpus = require_ray().cluster_resources().get("CPU", 1.0)
+    return int(max(1, min(200, 2 * cpus)))
+
+
+def _tag_batch(rows: Any, batch_of: dict, id_column: str) -> Any:
+    rows[BATCH_COLUMN] = rows[id_column].map(batch_of).astype("int64")
+    return rows
+
+
+# Workers ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WorkerSettings:
+    model: str
+    cuda: bool
+    compile: bool
+    compile_cache_dir: str | None
+    torch_dtype: str | None
+    threads: int
+    hook: Callable[[], None] | None
+
+
+class _ModelActor:
+    """Loads the pipeline once per actor (and compiles lazily, once per shape)."""
+
+    def __init__(self, settings: _WorkerSettings):
+        import torch
+
+        torch.set_num_threads(settings.threads)  # the actor's share of the node, not all its cores
+        dtype = None if settings.torch_dtype is None else getattr(torch, settings.torch_dtype)
+        self.pipeline = TotoPipeline.from_pretrained(
+            settings.model, device_map="cuda" if settings.cuda else "cpu", torch_dtype=dtype,
+            torch_compile=settings.compile, compile_cache_dir=settings.compile_cache_dir,
+        )  # fmt: skip
+        self.hook = settings.hook
+
+    def items(self, rows: Any) -> Any:
+        if self.hook is not None:
+            self.hook()
+        return rows.drop(columns=BATCH_COLUMN)
+
+
+class _ForecastActor(_ModelActor):
+    def __call__(self, rows: Any, **predict: Any) -> Any:
+        rows = self.items(rows)
+        # The whole planned batch in one call: the batches are the plan's.
+        return self.pipeline.predict_df(rows, batch_size=max(1, rows[predict["id_column"]].nunique()), **predict)
+
+
+class _BacktestActor(_ModelActor):
+    def __call__(self, rows: Any, **score: Any) -> Any:
+        from .evaluation.backtest import score_items
+
+        id_column, levels = score["id_column"], score["quantile_levels"]
+        parts = score_items(self.pipeline, self.items(rows), **score)
+        nested = parts.totals.copy()
+        nested[SEASON_COLUMN] = nested[id_column].map(parts.seasonality).astype("int64")
+        horizon = score["prediction_length"]
+        for column in _horizon_columns(score["timestamp_column"], levels):
+            values = parts.forecasts[column].to_numpy()
+            nested[column] = list(values.reshape(-1, horizon))  # (item, window, target) rows of H values
+        return nested
+
+
+def _horizon_columns(timestamp_column: str, levels: Sequence[float]) -> list[str]:
+    """The forecast columns that vary along the horizon (one list per nested row)."""
+    return [timestamp_column, "predictions", "mean", *(quantile_column(level) for level in levels)]
+
+
+def _unnested(nested: Any, keys: list[str], horizon_columns: list[str]) -> Any:
+    """Nested (item, window, target) rows back to the long forecast frame of the local backtest."""
+    pd = require_pandas()
+    lengths = nested[horizon_columns[0]].map(len).to_numpy()
+    frame = {key: nested[key].repeat(lengths).to_numpy() for key in keys}
+    for column in horizon_columns:
+        frame[column] = np.concatenate(nested[column].to_list()) if len(nested) else np.array([])
+    order = [keys[0], horizon_columns[0], *keys[1:], *horizon_columns[1:]]
+    return pd.DataFrame(frame)[order]
+
+
+def _numpy_backed(frame: Any) -> Any:
+    """``frame`` with Ray's Arrow-backed columns as numpy ones, as the local backtest's frames hold."""
+    pd = require_pandas()
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.ArrowDtype):
+            column = frame[name]
+            values = pd.DatetimeIndex(column) if dtype.kind == "M" else column.to_numpy(dtype=dtype.numpy_dtype)
+            frame[name] = pd.Series(values, index=frame.index)
+    return frame
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -176,9 +176,7 @@ def backtest_dataset(
     as the local backtest, so they equal it (up to the rounding of batched arithmetic and
     of summation order). Options as :func:`forecast_dataset` and :func:`~toto.evaluation.backtest`.
     """
-    from .evaluation.backtest import BacktestParts, finish_backtest
-
-    from .evaluation.backtest import _interval_columns
+    from .evaluation.backtest import BacktestParts, _interval_columns, finish_backtest
 
     check_int("windows", windows)
     if stride is not None:

@@ -28,9 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .frames import check_quantile_levels, quantile_column, require_pandas, target_names
-from .inference.keyed_random import series_key
-from .pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
+from .frames import check_quantile_levels, numpy_backed, quantile_column, require_pandas, target_names
+from .pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline, item_keys
 from .validation import check_int
 
 __all__ = ["backtest_dataset", "connect", "forecast_dataset", "read_dataset", "write_parquet_folder"]
@@ -94,7 +93,7 @@ def read_dataset(source: Any, columns: Sequence[str]) -> Any:
             dataset = ray.data.read_csv(str(path)) if csv else ray.data.read_parquet(str(path))
             schema = dataset.schema()
         except Exception as err:  # pyarrow and Ray raise many kinds; all mean the same to the user
-            raise ValueError(f"cannot read {name}: {_one_line(err)}") from None
+            raise ValueError(f"cannot read {name}: {first_line(err)}") from None
     else:
         dataset = source
         schema = dataset.schema()
@@ -323,7 +322,7 @@ def _planned(rows: Any, id_column: str, timestamp_column: str, batch_size: int, 
         raise ValueError("the input holds no rows")
     stats = stats.groupby(id_column, sort=False).agg(rows=("rows", "sum"), last=("last", "max")).reset_index()
     ids, counts, last = stats[id_column], stats["rows"].to_numpy(), stats["last"]
-    keys = np.array([series_key(0 if seed is None else seed, item, stamp) for item, stamp in zip(ids, last)])
+    keys = item_keys(0 if seed is None else seed, ids, last).numpy()
     order = np.lexsort((keys, -counts))  # the last key sorts first
     batch_of = {ids.iloc[index]: position // batch_size for position, index in enumerate(order)}
     tagged = rows.map_batches(_tag_batch, fn_kwargs={"batch_of": batch_of, "id_column": id_column},
@@ -423,18 +422,14 @@ def _unnested(nested: Any, keys: list[str], horizon_columns: list[str]) -> Any:
 def _numpy_backed(frame: Any) -> Any:
     """``frame`` with Ray's Arrow-backed columns as numpy ones, as the local backtest's frames hold."""
     pd = require_pandas()
-    for name, dtype in frame.dtypes.items():
-        if isinstance(dtype, pd.ArrowDtype):
-            column = frame[name]
-            values = pd.DatetimeIndex(column) if dtype.kind == "M" else column.to_numpy(dtype=dtype.numpy_dtype)
-            frame[name] = pd.Series(values, index=frame.index)
-    return frame
+    return pd.DataFrame({name: numpy_backed(frame[name]) for name in frame.columns}, index=frame.index)
 
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _one_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__

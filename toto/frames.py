@@ -206,10 +206,7 @@ def _check_exogenous_columns(exogenous: tuple[str, ...], targets: tuple[str, ...
 def _timestamps(column: Any, frame_name: str, name: str) -> Any:
     """Datetimes or numbers; strings are parsed as datetimes. A cell that is neither is an error naming its row."""
     pd = require_pandas()
-    if isinstance(column.dtype, pd.ArrowDtype):
-        # Arrow-backed (Ray Data, pandas' pyarrow backend): numpy-backed, which infer_freq and date_range read.
-        values = pd.DatetimeIndex(column) if column.dtype.kind == "M" else column.to_numpy()
-        column = pd.Series(values, index=column.index, name=column.name)
+    column = numpy_backed(column)  # infer_freq and date_range do not read Arrow-backed datetimes
     numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
     if pd.api.types.is_datetime64_any_dtype(column) or numeric:
         parsed = column
@@ -225,6 +222,18 @@ def _timestamps(column: Any, frame_name: str, name: str) -> Any:
         what = "empty" if pd.isna(value) else f"not a timestamp ({value!r})"
         raise CellError(f"{frame_name}: timestamp column {name!r} is {what} in row {row!r}", frame=frame_name, column=name, row=row)
     return parsed
+
+
+def numpy_backed(column: Any) -> Any:
+    """``column`` on numpy dtypes if it is Arrow-backed (Ray Data, pandas' pyarrow backend), else itself.
+
+    Datetimes keep their time zone; other columns take numpy's dtype for their values.
+    """
+    pd = require_pandas()
+    if not isinstance(column.dtype, pd.ArrowDtype):
+        return column
+    values = pd.DatetimeIndex(column) if column.dtype.kind == "M" else column.to_numpy()
+    return pd.Series(values, index=column.index, name=column.name)
 
 
 def _numeric(frame: Any, name: str, frame_name: str, id_column: str) -> Any:

@@ -361,7 +361,8 @@ class TotoPipeline:
             series, observed, None if future is None else torch.from_numpy(future).float(), prediction_length,
             num_samples, samples_per_batch, batch_size, time_interval_seconds=900, seed=None, progress=None,
             show_progress=show_progress, summarize=_quantile_summary(len(panel.targets), list(quantile_levels)),
-            keys=None if seed is None else item_keys(seed, panel),
+            keys=None if seed is None else item_keys(seed, [i.item_id for i in panel.items],
+                                                     [i.timestamps[-1] for i in panel.items]),
         )
         return summaries.numpy()
 
@@ -599,10 +600,11 @@ def length_sorted_batches(observed: Tensor, batch_size: int, keys: Tensor | None
     return list(order.split(batch_size))
 
 
-def item_keys(seed: int, panel: "Panel") -> Tensor:
+def item_keys(seed: int, item_ids: Sequence[Any], last_timestamps: Sequence[Any]) -> Tensor:
     """Each item's random-stream key: from the seed, its id and its context's last timestamp
-    (so the windows of a backtest, which share an id, draw from different streams)."""
-    return series_keys(seed, [(item.item_id, item.timestamps[-1]) for item in panel.items])
+    (so the windows of a backtest, which share an id, draw from different streams).
+    The Ray engine's planner keys items with it too, to order them as this process does."""
+    return series_keys(seed, list(zip(item_ids, last_timestamps)))
 
 
 def trim_to_longest(series: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:

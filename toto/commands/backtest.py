@@ -21,7 +21,7 @@ from typing import Any, Hashable
 from ..loading import DEFAULT_MODEL_ID
 from ..pipeline import DEFAULT_FRAME_BATCH_SIZE
 from .common import UsageError, _finite, _positive_int, add_device_argument, device_problem
-from .forecast import LongInput, _names, _quantiles, frame_levels, load_pipeline, long_columns, read_long_input
+from .forecast import LongInput, _names, _quantiles, frame_levels, frame_options, load_pipeline, read_long_input
 from .ray_engine import (
     add_engine_arguments,
     check_engine,
@@ -135,23 +135,7 @@ def backtest_command(args: argparse.Namespace) -> None:
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        result = backtest(
-            pipeline,
-            long_input.data.frame,
-            prediction_length=args.prediction_length,
-            windows=args.windows,
-            stride=stride,
-            id_column=long_input.id_column,
-            timestamp_column=long_input.timestamp_column,
-            target=long_input.targets,
-            quantile_levels=levels,
-            interval=interval,
-            seasonality=args.seasonality,
-            num_samples=args.num_samples,
-            samples_per_batch=args.samples_per_batch,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
+        result = backtest(pipeline, long_input.data.frame, **backtest_options(args, levels, interval, stride))
     except ValueError as err:  # CellError included
         raise long_input.error(err) from None
     elapsed = time.perf_counter() - started
@@ -176,30 +160,14 @@ def backtest_ray(
     the forecasts as a new folder of Parquet files (written with the metrics file, or neither)."""
     from ..distributed import backtest_dataset
 
-    id_column, timestamp_column, targets = long_columns(args)
-    workers = connect_ray(args)
     stride = args.stride or args.prediction_length
+    options = backtest_options(args, levels, interval, stride)
+    workers = connect_ray(args)
     print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     with ray_errors(args):
-        result = backtest_dataset(
-            str(args.input.absolute()),
-            prediction_length=args.prediction_length,
-            windows=args.windows,
-            stride=stride,
-            id_column=id_column,
-            timestamp_column=timestamp_column,
-            target=targets,
-            quantile_levels=levels,
-            interval=interval,
-            seasonality=args.seasonality,
-            num_samples=args.num_samples,
-            samples_per_batch=args.samples_per_batch,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            **workers,
-        )
+        result = backtest_dataset(str(args.input.absolute()), **options, **workers)
         elapsed = time.perf_counter() - started
         with staged_outputs() as staged:
             if args.output is not None:
@@ -209,6 +177,12 @@ def backtest_ray(
     print(summary_table(result, args, stride, elapsed), end="")
     for option, path in outputs.items():
         print(f"wrote {path} ({option})", file=sys.stderr)
+
+
+def backtest_options(args: argparse.Namespace, levels: list[float], interval: tuple[float, float], stride: int) -> dict:
+    """The keyword arguments of a backtest on either engine."""
+    options = frame_options(args, levels)
+    return {**options, "windows": args.windows, "stride": stride, "interval": interval, "seasonality": args.seasonality}
 
 
 def summary_table(result: Any, args: argparse.Namespace, stride: int, elapsed: float) -> str:

@@ -371,6 +371,22 @@ def long_columns(args: argparse.Namespace) -> tuple[str, str, list[str]]:
     return id_column, timestamp_column, targets
 
 
+def frame_options(args: argparse.Namespace, levels: list[float]) -> dict:
+    """The keyword arguments that the long-format paths (``predict_df``, backtests, either engine) share."""
+    id_column, timestamp_column, targets = long_columns(args)
+    return dict(
+        id_column=id_column,
+        timestamp_column=timestamp_column,
+        target=targets,
+        prediction_length=args.prediction_length,
+        quantile_levels=levels,
+        num_samples=args.num_samples,
+        samples_per_batch=args.samples_per_batch,
+        batch_size=args.batch_size or DEFAULT_FRAME_BATCH_SIZE,
+        seed=args.seed,
+    )
+
+
 def read_long_input(args: argparse.Namespace, *, future: Path | None = None) -> LongInput:
     """Read --input (and ``future``) as long-format files and check that the named columns exist."""
     id_column, timestamp_column, targets = long_columns(args)
@@ -401,15 +417,7 @@ def forecast_long(args: argparse.Namespace) -> None:
         frame = pipeline.predict_df(
             long_input.data.frame,
             None if long_input.future is None else long_input.future.frame,
-            id_column=long_input.id_column,
-            timestamp_column=long_input.timestamp_column,
-            target=long_input.targets,
-            prediction_length=args.prediction_length,
-            quantile_levels=levels,
-            num_samples=args.num_samples,
-            samples_per_batch=args.samples_per_batch,
-            batch_size=args.batch_size or DEFAULT_FRAME_BATCH_SIZE,
-            seed=args.seed,
+            **frame_options(args, levels),
         )
     except ValueError as err:  # CellError included
         raise long_input.error(err) from None
@@ -438,23 +446,11 @@ def forecast_ray(args: argparse.Namespace) -> None:
     if args.output is None:
         raise UsageError("--engine ray needs --output: a new folder for the Parquet files")
     check_output_folder(args.output, "--output")
-    id_column, timestamp_column, targets = long_columns(args)
+    options = frame_options(args, levels)
     workers = connect_ray(args)
     started = time.perf_counter()
     with ray_errors(args):
-        dataset = forecast_dataset(
-            str(args.input.absolute()),
-            id_column=id_column,
-            timestamp_column=timestamp_column,
-            target=targets,
-            prediction_length=args.prediction_length,
-            quantile_levels=levels,
-            num_samples=args.num_samples,
-            samples_per_batch=args.samples_per_batch,
-            batch_size=args.batch_size or DEFAULT_FRAME_BATCH_SIZE,
-            seed=args.seed,
-            **workers,
-        )
+        dataset = forecast_dataset(str(args.input.absolute()), **options, **workers)
         write_ray_folder(dataset, args.output)
     seconds = time.perf_counter() - started
     print(f"forecast {args.input}, {args.prediction_length} steps, in {seconds:.1f} s; wrote {args.output}",

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from ..compile import CompileSettings
 from ..compile_cache import ENV_COMPILE_CACHE
+from ..distributed import first_line
 from .common import UsageError, _finite, _positive_int
 from .frames_io import DataFileError, strip_frame_name
 
@@ -72,7 +73,7 @@ def connect_ray(args: argparse.Namespace) -> dict[str, Any]:
     try:
         connect(args.ray_address)
     except (ImportError, ConnectionError, ValueError) as err:
-        raise UsageError(_first_line(err)) from None
+        raise UsageError(first_line(err)) from None
     gpus = args.gpus_per_worker or 0.0
     available = require_ray().cluster_resources().get("GPU", 0.0)
     if gpus > available:  # Ray would wait for them forever
@@ -112,7 +113,7 @@ def ray_errors(args: argparse.Namespace) -> Iterator[None]:
             raise
         # The cluster was given the absolute path; name the file as the user did.
         path = args.input
-        message = strip_frame_name(_first_line(cause)).replace(str(path.absolute()), str(path))
+        message = strip_frame_name(first_line(cause)).replace(str(path.absolute()), str(path))
         raise DataFileError(message if str(path) in message else f"{path}: {message}") from None
 
 
@@ -133,11 +134,6 @@ def worker_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
 def _last_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[-1].strip() if lines else type(err).__name__
@@ -152,4 +148,4 @@ def write_ray_folder(dataset: Any, path: Path) -> None:
     except FileExistsError:
         raise DataFileError(f"cannot write {path}: it was created while the job ran") from None
     except OSError as err:  # here, or in a worker (wrapped)
-        raise DataFileError(f"cannot write {path} ({_first_line(worker_cause(err))})") from None
+        raise DataFileError(f"cannot write {path} ({first_line(worker_cause(err))})") from None

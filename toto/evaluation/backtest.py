@@ -28,7 +28,7 @@ import numpy as np
 from ..frames import Panel, check_quantile_levels, forecast_frame, quantile_column, read_panel, require_pandas
 from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
 from ..validation import check_int
-from .metrics import _quantile_loss, seasonal_error, seasonal_naive
+from .metrics import _quantile_loss, scaled_errors, seasonal_error, seasonal_naive
 
 __all__ = [
     "BacktestParts",
@@ -385,11 +385,8 @@ class _Scored:
             BASELINE: (self.naive, self.naive, naive_quantiles),
         }.items():
             error = np.abs(actual - point)
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                scaled = error / scale
-            # metrics.mase's rule (numpy.ma's, hence gluonts'): a scale within `tiny` of 0 relative to
-            # the error leaves the entry out.
-            defined = observed & (error * np.finfo(float).tiny < scale) & np.isfinite(scaled)
+            scaled, defined = scaled_errors(error, scale)
+            defined &= observed
             inside = observed & (quantiles[:, low] <= actual) & (actual <= quantiles[:, high])
             columns[f"{model}_mase_sum"] = total(scaled, defined)
             columns[f"{model}_mase_count"] = defined.sum(axis=-1)

@@ -221,13 +221,19 @@ def mase(
     scale = np.asarray(scale, dtype=float)
     if scale.shape != batch.leading_shape or not np.isfinite(scale).all():
         raise ValueError(f"scale must be finite with shape {batch.leading_shape} (that of actual less time), got {scale.shape}")
-    scale = scale.reshape(-1, 1)
+    scaled, defined = scaled_errors(error, scale.reshape(-1, 1))
+    return batch.result(batch.mean(scaled, batch.observed & defined))
+
+
+def scaled_errors(error: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MASE's ``error / scale`` and where it is defined.
+
+    numpy.ma (hence gluonts) masks a quotient whose divisor is within `tiny` of 0 relative to
+    the dividend, or which is not finite; the same rule keeps the two in step.
+    """
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         scaled = error / scale
-    # numpy.ma (hence gluonts) masks a quotient whose divisor is within `tiny` of 0 relative to the
-    # dividend, or which is not finite; the same rule keeps the two in step.
-    defined = (error * np.finfo(float).tiny < scale) & np.isfinite(scaled)
-    return batch.result(batch.mean(scaled, batch.observed & defined))
+    return scaled, (error * np.finfo(float).tiny < scale) & np.isfinite(scaled)
 
 
 def _quantile_loss(actual: np.ndarray, quantile: np.ndarray, level: float) -> np.ndarray:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from toto import Toto, TotoForecaster, TotoPipeline
 from toto.cli import main
-from toto.commands import export as export_command
+from toto import saving
 from toto.config import TotoConfig
 from toto.data.util.dataset import masked_timeseries
 from toto.finetuned import load_finetuned_toto
@@ -271,11 +271,12 @@ def test_failed_write_leaves_the_previous_export_intact(tiny_checkpoint, tmp_pat
         Path(filename).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_command, "save_file", disk_full)
+    monkeypatch.setattr(saving, "save_file", disk_full)
     assert main(["export", str(tiny_checkpoint), str(out), "--force"]) == 2
     err = capsys.readouterr().err
     assert f"cannot write into {out}" in err and "No space left on device" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no staging folder left behind
 
 
 def test_export_reports_load_errors_in_one_line(tiny_checkpoint, tmp_path, capsys):

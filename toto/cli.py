@@ -1,5 +1,5 @@
-"""The ``toto-compiled`` command: ``check``, ``forecast``, ``backtest``, ``bench`` and ``export``
-(each in ``toto/commands``)."""
+"""The ``toto-compiled`` command: ``check``, ``forecast``, ``backtest``, ``bench``, ``export`` and
+``finetune`` (each in ``toto/commands``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import backtest, bench, check, export, forecast
+from .commands import backtest, bench, check, export, finetune, forecast
 
-COMMANDS = (check, forecast, backtest, bench, export)
+COMMANDS = (check, forecast, backtest, bench, export, finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,6 @@ from torch import Tensor
 from .config import TotoConfig
 from .loading import (
     CheckpointError,
-    build_toto,
     map_checkpoint_keys,
     read_config,
     resolve_checkpoint,
@@ -79,7 +78,7 @@ def build_finetuned_toto(
             f"{source}: no key starts with {MODEL_PREFIX!r} (first key: {next(iter(state))!r}); "
             f"save the whole fine-tuning module's state dict, where the backbone's keys start with {MODEL_PREFIX!r}"
         )
-    return build_toto(config, state, source, device, dtype)
+    return Toto.from_state(config, state, source, device, dtype)
 
 
 def _load_weights_only(path: Path) -> object:

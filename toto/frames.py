@@ -66,8 +66,8 @@ class Panel:
         return padded
 
     def future_exogenous(self) -> np.ndarray | None:
-        """``(items, exogenous, prediction_length)``, or None without exogenous columns."""
-        if not self.exogenous:
+        """``(items, exogenous, prediction_length)``, or None without exogenous columns or their known future."""
+        if not self.exogenous or self.items[0].future_exogenous is None:  # none, or no known future
             return None
         return np.stack([item.future_exogenous for item in self.items])
 
@@ -88,24 +88,36 @@ def read_panel(
     timestamp_column: str,
     target: str | Sequence[str],
     prediction_length: int,
+    exogenous: Sequence[str] = (),
 ) -> Panel:
     """Validate a long frame (and the known future of its exogenous columns) and cut it per item.
 
     Exogenous columns are those of ``future_df`` besides the id and timestamp; each must
-    also be a column of ``df``. Other columns of ``df`` are ignored.
+    also be a column of ``df``. Without a ``future_df``, ``exogenous`` names columns of
+    ``df`` read as exogenous variates whose future is unknown (for training, say): they
+    follow the targets in each item's values and its ``future_exogenous`` is None. With a
+    ``future_df``, ``exogenous`` may be given too, naming the same columns, in the order
+    wanted. Other columns of ``df`` are ignored.
     """
     require_pandas()  # the missing extra is the first thing to say
     targets = target_names(target)
     keys = (id_column, timestamp_column)
     if len(set(keys)) != 2 or set(keys) & set(targets):
         raise ValueError(f"id_column, timestamp_column and target must name different columns, got {keys} and {targets}")
-    _check_frame(df, "df", [*keys, *targets])
-    exogenous: tuple[str, ...] = ()
+    named = _exogenous_names(exogenous, keys, targets)
+    _check_frame(df, "df", [*keys, *targets, *named])
+    columns = named
     if future_df is not None:
         _check_frame(future_df, "future_df", list(keys))
-        exogenous = tuple(c for c in future_df.columns if c not in keys)
-        _check_exogenous_columns(exogenous, targets, df)
-    values = [*targets, *exogenous]
+        columns = tuple(c for c in future_df.columns if c not in keys)
+        _check_exogenous_columns(columns, targets, df)
+        if named and set(named) != set(columns):
+            raise ValueError(
+                f"exogenous {list(named)} must name the same columns as future_df has besides the id and "
+                f"timestamp columns: {list(columns)}"
+            )
+        columns = named or columns
+    values = [*targets, *columns]
     frame = df[[*keys, *values]].copy()
     frame[timestamp_column] = _timestamps(frame[timestamp_column], "df", timestamp_column)
     for name in values:
@@ -115,7 +127,7 @@ def read_panel(
     grids = _item_grids(groups, timestamp_column)
     futures = None
     if future_df is not None:
-        futures = _future_values(future_df, exogenous, id_column, timestamp_column)
+        futures = _future_values(future_df, columns, id_column, timestamp_column)
     items = []
     for item_id, group in groups.items():
         step, grid = grids[item_id]
@@ -127,13 +139,13 @@ def read_panel(
         future_timestamps = _continue(grid, step, prediction_length)
         future_exogenous = None
         if futures is not None:
-            future_exogenous = _aligned_future(futures, item_id, future_timestamps, exogenous, timestamp_column)
+            future_exogenous = _aligned_future(futures, item_id, future_timestamps, columns, timestamp_column)
         items.append(Item(item_id, grid, item_values, step, future_timestamps, future_exogenous))
     if futures is not None:
         extra = [item_id for item_id in futures if item_id not in groups]
         if extra:
             raise ValueError(f"future_df: item {extra[0]!r} is not in df ({len(extra)} such item(s))")
-    return Panel(id_column, timestamp_column, targets, exogenous, items)
+    return Panel(id_column, timestamp_column, targets, columns, items)
 
 
 def forecast_frame(panel: Panel, summaries: np.ndarray, quantile_levels: Sequence[float]) -> Any:
@@ -188,6 +200,20 @@ def _check_frame(frame: Any, name: str, columns: list[str]) -> None:
     if unnamed.any():
         row = frame.index[unnamed.to_numpy().argmax()]
         raise CellError(f"{name}: column {columns[0]!r} is empty in row {row!r}", frame=name, column=columns[0], row=row)
+
+
+def _exogenous_names(exogenous: str | Sequence[str], keys: tuple[str, str], targets: tuple[str, ...]) -> tuple[str, ...]:
+    """``exogenous`` as a tuple of distinct column names, none of them a key or a target."""
+    names = (exogenous,) if isinstance(exogenous, str) else tuple(exogenous)
+    if not all(isinstance(name, str) for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"exogenous must be a column name or a list of distinct names, got {exogenous!r}")
+    clash = [name for name in names if name in keys or name in targets]
+    if clash:
+        raise ValueError(
+            f"exogenous column(s) {clash} are also the id, timestamp or target columns; an exogenous column "
+            "must be another column"
+        )
+    return names
 
 
 def _check_exogenous_columns(exogenous: tuple[str, ...], targets: tuple[str, ...], df: Any) -> None:

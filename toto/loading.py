@@ -1,8 +1,9 @@
-"""Checkpoint loading: hub id or local path -> config.json + model.safetensors -> strict load.
+"""Checkpoint reading: hub id or local path -> config.json + model.safetensors -> config and weights.
 
-Every failure names the file and, where it applies, the key. Weights are
-checked against the model *before* anything is assigned, so a bad checkpoint
-never leaves a half-loaded model behind.
+Every failure names the file and, where it applies, the key. :meth:`Toto.from_state`
+checks the weights against the model *before* anything is assigned, so a bad checkpoint
+never leaves a half-loaded model behind. This module knows no model class: the model
+imports it, not the other way round.
 """
 
 from __future__ import annotations
@@ -12,15 +13,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from .config import ConfigError, TotoConfig
-
-if TYPE_CHECKING:
-    from .model.toto import Toto
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -139,40 +135,9 @@ def check_weights(model: torch.nn.Module, state: dict[str, Tensor], source: str)
         raise CheckpointError(f"{source}: " + "; ".join(problems))
 
 
-def load_toto(
-    files: CheckpointFiles,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-) -> "Toto":
-    config = read_config(files.config)
-    state = map_checkpoint_keys(read_weights(files.weights), source=str(files.weights))
-    return build_toto(config, state, str(files.weights), device, dtype)
-
-
-def build_toto(
-    config: TotoConfig,
-    state: dict[str, Tensor],
-    source: str,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-) -> "Toto":
-    """A :class:`Toto` holding ``state`` (our key names), checked in full before anything is assigned.
-
-    ``dtype``: default, the state's own.
-    """
-    from .model.toto import Toto
-
-    with torch.device("meta"):
-        model = Toto(config)
-        if any(key in state for key in VARIATE_LABEL_KEYS):  # fine-tuned with exogenous features
-            model.model.enable_variate_labels()
-    check_weights(model, state, source=source)
-    if dtype is None:
-        dtype = next(iter(state.values())).dtype
-    model.load_state_dict(state, strict=True, assign=True)
-    model = model.to(device=device, dtype=dtype).eval()
-    column_major_linear_weights(model)
-    return model
+def read_checkpoint(files: CheckpointFiles) -> tuple[TotoConfig, dict[str, Tensor]]:
+    """The config and the weights (under our key names) of a checkpoint; :meth:`Toto.from_state` builds the model."""
+    return read_config(files.config), map_checkpoint_keys(read_weights(files.weights), source=str(files.weights))
 
 
 def column_major_linear_weights(model: torch.nn.Module) -> None:

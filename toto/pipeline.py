@@ -31,7 +31,7 @@ from .inference.keyed_random import series_keys
 from .loading import DEFAULT_MODEL_ID
 from .progress import batch_bar
 from .model.toto import Toto
-from .validation import check_int, check_representable
+from .validation import as_batch_variate_time, as_float_tensor, check_int
 
 if TYPE_CHECKING:
     from .frames import Panel
@@ -84,6 +84,13 @@ class TotoPipeline:
         check_int("min_samples_per_batch", min_samples_per_batch)
         check_int("min_num_samples", min_num_samples)
         self.model = model.eval()
+        # What a fine-tuned copy (fit) is built with: everything but the model.
+        self._settings = dict(
+            torch_compile=torch_compile, compile_mode=compile_mode, compile_backend=compile_backend,
+            compile_prefill=compile_prefill, compile_cache_dir=compile_cache_dir, amp_dtype=amp_dtype,
+            max_oom_retries=max_oom_retries, min_samples_per_batch=min_samples_per_batch,
+            min_num_samples=min_num_samples,
+        )  # fmt: skip
         self.forecaster = TotoForecaster(
             model.model,
             torch_compile=torch_compile,
@@ -97,6 +104,7 @@ class TotoPipeline:
         self.min_samples_per_batch = min_samples_per_batch
         self.min_num_samples = min_num_samples
         self.last_run_metadata: dict[str, Any] = {}
+        self.fit_history: Any = None  # a FitHistory on pipelines returned by fit
         # One predict at a time: the forecaster's buffers, the seeded RNG and the metadata are shared.
         self._lock = threading.Lock()
 
@@ -216,6 +224,102 @@ class TotoPipeline:
                     flush=True,
                 )
         return report
+
+    def fit(
+        self,
+        inputs: Any,
+        *,
+        prediction_length: int,
+        context_length: int,
+        num_steps: int,
+        batch_size: int = 16,
+        learning_rate: float = 1e-4,
+        validation_inputs: Any = None,
+        **options: Any,
+    ) -> "TotoPipeline":
+        """Fine-tune a copy of this pipeline's model and return a new pipeline with it; this one is unchanged.
+
+        ``inputs``: a list of series, each 1-D or ``(variate, time)``, of any lengths
+        (NaN = missing), a dict of them (errors name their keys), or one array
+        ``(batch, variate, time)``; :meth:`fit_df` takes a long frame. Training draws windows of
+        ``context_length`` (a multiple of the patch size) plus one patch, the model learning
+        to predict every next patch (upstream's fine-tuning). ``validation_inputs``: series
+        whose last window is scored on its last ``prediction_length`` steps; the returned
+        model has the weights of the best validation. Progress goes to stderr.
+
+        ``options``, see :class:`toto.training.FitOptions`: ``min_learning_rate``,
+        ``warmup_steps``, ``decay_steps``, ``weight_decay``, ``max_grad_norm``,
+        ``trainable`` ("all", "head" or a number of last layers), ``dropout``,
+        ``num_exogenous`` (the last variates: read, never scored),
+        ``add_exogenous_features`` (train upstream's variate labels), ``validate_every``,
+        ``early_stopping_patience``, ``seed``, ``compile``, ``precision``, ``show_progress``.
+        The run's :class:`toto.training.FitHistory` is the new pipeline's ``fit_history``.
+
+        A non-finite loss raises :class:`toto.training.TrainingDiverged` naming the step;
+        its ``model`` attribute holds the weights from before that step.
+        """
+        import copy
+
+        from .training import FitOptions, TrainingDiverged, fit_backbone
+
+        fields = set(FitOptions.__dataclass_fields__) - {"prediction_length", "context_length", "num_steps"}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise TypeError(f"TotoPipeline.fit got unexpected keyword argument(s) {unknown}")
+        settings = FitOptions(
+            prediction_length=prediction_length, context_length=context_length, num_steps=num_steps,
+            batch_size=batch_size, learning_rate=learning_rate, **options,
+        )  # fmt: skip
+        settings.check()  # before copying the model
+        model = copy.deepcopy(self.model)
+        try:
+            history = fit_backbone(model.model, inputs, settings, validation_inputs)
+        except TrainingDiverged as err:
+            err.model = model.eval()
+            raise
+        tuned = type(self)(model, **self._settings)
+        tuned.fit_history = history
+        return tuned
+
+    def fit_df(
+        self,
+        df: Any,
+        *,
+        prediction_length: int,
+        context_length: int,
+        num_steps: int,
+        id_column: str = "item_id",
+        timestamp_column: str = "timestamp",
+        target: str | Sequence[str] = "target",
+        exogenous: Sequence[str] = (),
+        validation_df: Any = None,
+        **options: Any,
+    ) -> "TotoPipeline":
+        """:meth:`fit` on the items of a long frame (one row per item and timestamp), read as
+        :meth:`predict_df` reads it: each item on its regular grid, a missing row or NaN missing.
+
+        ``target`` columns are learnt together as one multivariate series per item;
+        ``exogenous`` columns are read after them and never scored (``num_exogenous``).
+        ``validation_df``: the same columns, each item's last window scored. ``options``: those
+        of :meth:`fit`. Needs the extra ``toto-compiled[pandas]``.
+        """
+        from .frames import read_panel
+
+        def series(frame: Any) -> dict[Any, np.ndarray]:  # keyed by item id, which errors then name
+            panel = read_panel(frame, id_column=id_column, timestamp_column=timestamp_column, target=target,
+                               exogenous=exogenous, prediction_length=prediction_length)  # fmt: skip
+            return {item.item_id: item.values for item in panel.items}
+
+        validation = None if validation_df is None else series(validation_df)
+        return self.fit(
+            series(df), prediction_length=prediction_length, context_length=context_length, num_steps=num_steps,
+            validation_inputs=validation, num_exogenous=len(tuple(exogenous)), **options,
+        )  # fmt: skip
+
+    def save_pretrained(self, directory: str | os.PathLike) -> list:
+        """Write the model as ``config.json`` + ``model.safetensors`` for :meth:`from_pretrained`
+        (through a temporary folder renamed into place)."""
+        return self.model.save_pretrained(directory)
 
     def unload(self) -> None:
         """Free the model, its decode buffers and compiled graphs' caches."""
@@ -674,7 +778,7 @@ def normalize_context(context: Any) -> tuple[Tensor, Tensor]:
     if isinstance(context, (str, bytes)):
         raise TypeError(f"context must be numeric (tensor, array or list), got {type(context).__name__}")
     if isinstance(context, (list, tuple)) and context and all(_is_1d(c) for c in context):
-        rows = [_as_float_tensor(c, f"context[{i}]") for i, c in enumerate(context)]
+        rows = [as_float_tensor(c, f"context[{i}]") for i, c in enumerate(context)]
         for i, row in enumerate(rows):
             if row.numel() == 0:
                 raise ValueError(f"context[{i}] has no values; every series needs at least one")
@@ -683,13 +787,7 @@ def normalize_context(context: Any) -> tuple[Tensor, Tensor]:
         for i, r in enumerate(rows):
             series[i, 0, length - r.shape[0] :] = r
     else:
-        series = _as_float_tensor(context, "context")
-        if series.ndim == 1:
-            series = series[None, None]
-        elif series.ndim == 2:
-            series = series[:, None]
-        elif series.ndim != 3:
-            raise ValueError(f"context must have 1, 2 or 3 dimensions, got shape {tuple(series.shape)}")
+        series = as_batch_variate_time(as_float_tensor(context, "context"), "context")
     if series.shape[0] == 0 or series.shape[1] == 0 or series.shape[-1] == 0:
         raise ValueError(f"context is empty (shape {tuple(series.shape)})")
     infinite = torch.isinf(series)
@@ -710,14 +808,3 @@ def _is_1d(value: Any) -> bool:
     if isinstance(value, (Tensor, np.ndarray)):
         return value.ndim == 1
     return isinstance(value, (list, tuple))
-
-
-def _as_float_tensor(value: Any, name: str) -> Tensor:
-    try:
-        tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be numeric, got {type(value).__name__} ({err})") from err
-    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
-        raise TypeError(f"{name} must be numeric, got dtype {tensor.dtype}")
-    check_representable(tensor, torch.float32, name)
-    return tensor.detach().to(device="cpu", dtype=torch.float32)

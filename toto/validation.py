@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
+from torch import Tensor
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -10,6 +14,11 @@ def check_int(name: str, value: object, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def is_real_number(value: object) -> bool:
+    """An int or float, not a bool (NaN and infinities included: check those apart)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_num_exogenous(value: object, variates: int, name: str = "num_exogenous_variables") -> None:
@@ -36,3 +45,26 @@ def check_representable(values: torch.Tensor, dtype: torch.dtype, name: str) -> 
             f"{name}: the value {values[where].item():.6g} at index {where} overflows {dtype} "
             f"(largest {torch.finfo(dtype).max:.4g}), the dtype the model reads; rescale the series"
         )
+
+
+def as_float_tensor(value: Any, name: str) -> Tensor:
+    """``value`` (tensor, array or nested list of numbers) as a detached CPU float32 tensor; errors name ``name``."""
+    try:
+        tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be numeric, got {type(value).__name__} ({err})") from err
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+        raise TypeError(f"{name} must be numeric, got dtype {tensor.dtype}")
+    check_representable(tensor, torch.float32, name)
+    return tensor.detach().to(device="cpu", dtype=torch.float32)
+
+
+def as_batch_variate_time(values: Tensor, name: str) -> Tensor:
+    """A 1-D (one series), 2-D (a batch of univariate series) or 3-D tensor as ``[batch, variate, time]``."""
+    if values.ndim == 1:
+        return values[None, None]
+    if values.ndim == 2:
+        return values[:, None]
+    if values.ndim != 3:
+        raise ValueError(f"{name} must have 1, 2 or 3 dimensions, got shape {tuple(values.shape)}")
+    return values

@@ -9,20 +9,14 @@ both loaders ignore it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import stat
 import sys
 from pathlib import Path
-from typing import Callable
-
-import torch
-from safetensors.torch import save_file
-from torch import Tensor
 
 from ..finetuned import load_finetuned_toto
-from ..loading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys, published_key
+from ..loading import CONFIG_NAME, WEIGHTS_NAME
 from ..model.toto import Toto
+from ..saving import save_pretrained
 
 PROG = "toto-compiled export"
 DESCRIPTION = (
@@ -87,28 +81,7 @@ def export(
 
 def save_toto(model: Toto, output_dir: str | os.PathLike) -> list[Path]:
     """Write ``model`` as ``config.json`` + ``model.safetensors`` (published names); overwrites both."""
-    output_dir = Path(output_dir)
-    state = published_state_dict(model)
-    # Guard the renaming: what we write must map back onto this very model.
-    check_weights(model, map_checkpoint_keys(state, source="export"), source="export")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    config, weights = output_dir / CONFIG_NAME, output_dir / WEIGHTS_NAME
-    _write_all({weights: lambda tmp: _save_safetensors(state, tmp), config: lambda tmp: tmp.write_text(config_text)})
-    return [config, weights]
-
-
-def published_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
-    """``model``'s weights under the published names, as contiguous CPU tensors (safetensors needs both)."""
-    return {published_key(key): tensor.detach().to("cpu").contiguous() for key, tensor in model.state_dict().items()}
-
-
-def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
-    """``save_file``, but with the permissions a new file gets here (safetensors makes it 0600)."""
-    path.touch()  # created like any file: the umask decides its mode
-    mode = stat.S_IMODE(path.stat().st_mode)
-    save_file(state, str(path))
-    path.chmod(mode)
+    return save_pretrained(model, output_dir)
 
 
 def _check_destination(output_dir: Path, targets: list[Path], force: bool) -> None:
@@ -117,16 +90,3 @@ def _check_destination(output_dir: Path, targets: list[Path], force: bool) -> No
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
         raise UsageError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
-
-
-def _write_all(writers: dict[Path, Callable[[Path], object]]) -> None:
-    """Write each file beside its target, then rename them all over: never a truncated or mismatched pair."""
-    temporary = {target: target.with_name(f".{target.name}.{os.getpid()}.tmp") for target in writers}
-    try:
-        for target, write in writers.items():
-            write(temporary[target])
-        for target, tmp in temporary.items():
-            os.replace(tmp, target)
-    finally:
-        for tmp in temporary.values():
-            tmp.unlink(missing_ok=True)

@@ -14,8 +14,9 @@ from .rotary import RotaryTables, apply_rotary
 
 
 class _Attention(nn.Module):
-    def __init__(self, embed_dim: int, num_heads: int):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout  # on the attention weights, in training mode only (as upstream)
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.wQKV = nn.Linear(embed_dim, 3 * embed_dim)
@@ -28,6 +29,9 @@ class _Attention(nn.Module):
         # Contiguous head_dim: with a strided one, SDPA on CPU falls back to its math kernel (about 5x slower).
         q, k, v = (t.contiguous() for t in qkv.permute(2, 0, 4, 1, 3).unbind(0))  # each [rows, heads, seq, head_dim]
         return q, k, v
+
+    def _dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
 
     def _out(self, y: Float[Tensor, "rows heads seq head_dim"]) -> Float[Tensor, "rows seq embed"]:
         return self.wO(y.transpose(1, 2).flatten(-2))
@@ -61,12 +65,12 @@ class TimeAttention(_Attention):
             # Prefill: a cache, if any, is empty here, so causal attention over
             # the new tokens alone is exactly attention over the cache.
             if padding is None:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._dropout_p())
             else:
                 causal = positions[None, :] <= positions[:, None]
                 # A padded query still sees itself: a row with no visible key would be NaN.
                 mask = causal & (padding.visible(positions, variates) | torch.eye(seq, dtype=torch.bool, device=x.device))
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout_p())
         if cache is not None:
             cache.write(slot, positions, k, v)
             if seq == 1:
@@ -166,7 +170,7 @@ class SpaceAttention(_Attention):
     ) -> Float[Tensor, "batch variate seq embed"]:
         batch, variates, seq, _ = x.shape
         q, k, v = self._qkv(x.transpose(1, 2).flatten(0, 1))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=same_id)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=same_id, dropout_p=self._dropout_p())
         return self._out(y).unflatten(0, (batch, seq)).transpose(1, 2)
 
 

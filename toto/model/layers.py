@@ -28,9 +28,14 @@ class SwiGLU(nn.Module):
         return F.silu(gate) * value
 
 
-def swiglu_mlp(embed_dim: int, hidden_dim: int) -> nn.Sequential:
-    """Feed-forward block; parameter names ``0.*`` and ``2.*`` match upstream's unfused spelling."""
-    return nn.Sequential(nn.Linear(embed_dim, 2 * hidden_dim), SwiGLU(), nn.Linear(hidden_dim, embed_dim))
+def swiglu_mlp(embed_dim: int, hidden_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """Feed-forward block; parameter names ``0.*`` and ``2.*`` match upstream's unfused spelling.
+
+    ``dropout`` acts on its output in training mode only, as upstream's.
+    """
+    return nn.Sequential(
+        nn.Linear(embed_dim, 2 * hidden_dim), SwiGLU(), nn.Linear(hidden_dim, embed_dim), nn.Dropout(dropout)
+    )
 
 
 class PatchEmbedding(nn.Module):

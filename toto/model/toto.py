@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from ..config import TotoConfig
-from ..loading import DEFAULT_MODEL_ID, load_toto, resolve_checkpoint
+from ..loading import (
+    DEFAULT_MODEL_ID,
+    VARIATE_LABEL_KEYS,
+    check_weights,
+    column_major_linear_weights,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from .backbone import TotoBackbone
 
 
@@ -59,7 +66,16 @@ class Toto(nn.Module):
             token=token,
             force_download=force_download,
         )
-        return load_toto(files, device=map_location or device, dtype=dtype)
+        return cls.from_state(*read_checkpoint(files), str(files.weights), device=map_location or device, dtype=dtype)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> list:
+        """Write ``config.json`` + ``model.safetensors`` (published names) that :meth:`from_pretrained` loads.
+
+        Written through a temporary folder renamed into place (:func:`toto.saving.save_pretrained`).
+        """
+        from ..saving import save_pretrained
+
+        return save_pretrained(self, directory)
 
     @classmethod
     def load_from_checkpoint(
@@ -72,4 +88,45 @@ class Toto(nn.Module):
         path = os.path.expanduser(str(checkpoint_path))
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        return load_toto(resolve_checkpoint(path), device=map_location, dtype=dtype)
+        files = resolve_checkpoint(path)
+        return cls.from_state(*read_checkpoint(files), str(files.weights), device=map_location, dtype=dtype)
+
+    @classmethod
+    def from_state(
+        cls,
+        config: TotoConfig,
+        state: dict[str, torch.Tensor],
+        source: str,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> "Toto":
+        """A model holding ``state`` (our key names), checked in full before anything is assigned.
+
+        ``source`` names the weights in errors; ``dtype``: default, the state's own. A state
+        with variate labels (fine-tuned with exogenous features) switches them on.
+        """
+        with torch.device("meta"):
+            model = cls(config)
+            if any(key in state for key in VARIATE_LABEL_KEYS):
+                model.model.enable_variate_labels()
+        check_weights(model, state, source=source)
+        if dtype is None:
+            dtype = next(iter(state.values())).dtype
+        model.load_state_dict(state, strict=True, assign=True)
+        model = model.to(device=device, dtype=dtype).eval()
+        column_major_linear_weights(model)
+        if model.device.type == "cpu":
+            _own_memory(model)
+        return model
+
+
+def _own_memory(model: nn.Module) -> None:
+    """Copy CPU tensors still backed by the checkpoint file's memory map into memory of their own.
+
+    safetensors maps the whole file; one tensor left on the map keeps all of it resident
+    beside the copies (a second copy of the weights, measured at full size). The weights
+    stored column-major are copies already (non-contiguous); the rest are copied here.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_contiguous():
+            tensor.data = tensor.data.clone()

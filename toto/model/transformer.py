@@ -15,22 +15,23 @@ from .rotary import XPosRotaryEmbedding
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, embed_dim: int, num_heads: int, mlp_hidden_dim: int, spacewise: bool):
+    def __init__(self, embed_dim: int, num_heads: int, mlp_hidden_dim: int, spacewise: bool, dropout: float = 0.0):
         super().__init__()
         self.spacewise = spacewise
         self.num_heads = num_heads
         self.norm1 = RMSNorm(embed_dim)
         self.norm2 = RMSNorm(embed_dim)
         attention_cls = SpaceAttention if spacewise else TimeAttention
-        self.attention = attention_cls(embed_dim, num_heads)
-        self.mlp = swiglu_mlp(embed_dim, mlp_hidden_dim)
+        self.attention = attention_cls(embed_dim, num_heads, dropout)
+        self.mlp = swiglu_mlp(embed_dim, mlp_hidden_dim, dropout)
 
 
 class Transformer(nn.Module):
     """The layer stack, built with upstream's constructor arguments.
 
-    ``dropout`` and ``use_memory_efficient_attention`` are accepted and unused: this is an
-    inference model, and attention always goes through SDPA. ``fusion`` prepends variate
+    ``dropout`` acts in training mode only (fine-tuning), on attention weights and MLP
+    outputs as upstream's. ``use_memory_efficient_attention`` is accepted and unused:
+    attention always goes through SDPA. ``fusion`` prepends variate
     labels when a sequence starts (see :mod:`toto.model.fusion`).
     """
 
@@ -57,7 +58,7 @@ class Transformer(nn.Module):
         self.fusion = fusion
         self.rotary_emb = XPosRotaryEmbedding(embed_dim // num_heads)
         layer_kinds = spacewise_layers(num_layers, spacewise_every_n_layers, spacewise_first)
-        self.layers = nn.ModuleList(TransformerLayer(embed_dim, num_heads, mlp_hidden_dim, s) for s in layer_kinds)
+        self.layers = nn.ModuleList(TransformerLayer(embed_dim, num_heads, mlp_hidden_dim, s, dropout) for s in layer_kinds)
         # Cache slot of each time-wise layer (space-wise layers keep no cache).
         self.cache_slots: list[int | None] = []
         slot = 0

@@ -187,15 +187,15 @@ def fit_backbone(
             if history.stopped_early:
                 report(f"stopping early: no better validation loss in {patience} validations")
                 break
-    finally:
+    finally:  # also after a failed step: the model goes back as it came, for inference
         backbone.eval()
         column_major_linear_weights(backbone)  # back to the inference layout (TrainingStep made them contiguous)
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(True)
         history.seconds = time.perf_counter() - started
     if best_state is not None and history.best_step != history.steps:
         backbone.load_state_dict(best_state)
         report(f"kept the weights of step {history.best_step} (validation loss {best_loss:.4f})")
-    for parameter in backbone.parameters():
-        parameter.requires_grad_(True)
     return history
 
 

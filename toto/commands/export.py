@@ -74,14 +74,9 @@ def export(
     except (OSError, ValueError) as err:  # no such file, hub failure, bad config, weights or pickle
         raise UsageError(f"cannot load model {what}: {err}") from None
     try:
-        return save_toto(model, output_dir)
+        return save_pretrained(model, output_dir)
     except OSError as err:  # permissions, full disk, ...
         raise UsageError(f"cannot write into {output_dir}: {err}") from None
-
-
-def save_toto(model: Toto, output_dir: str | os.PathLike) -> list[Path]:
-    """Write ``model`` as ``config.json`` + ``model.safetensors`` (published names); overwrites both."""
-    return save_pretrained(model, output_dir)
 
 
 def _check_destination(output_dir: Path, targets: list[Path], force: bool) -> None:

@@ -192,6 +192,7 @@ def finetune(args: argparse.Namespace) -> None:
 
     from ..pipeline import TotoPipeline
     from ..training import distributed
+    from ..training.fit import silent, to_stderr
 
     options = fit_options(args)
     if problem := device_problem(args.device):
@@ -202,7 +203,7 @@ def finetune(args: argparse.Namespace) -> None:
                                                                                   "--validation-input")
     with distributed.process_group(args.device) as device:
         lead = distributed.rank() == 0
-        say = _stderr if lead and not args.quiet else _silent
+        say = to_stderr if lead and not args.quiet else silent
         say(inputs.describe("--input"))
         if validation is not None:
             say(validation.describe("--validation-input"))
@@ -341,11 +342,3 @@ def _error(prog: str, message: str) -> None:
     """The error line, from one process only under torchrun (every process meets the same user mistake)."""
     if os.environ.get("RANK", "0") == "0":
         print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _silent(line: str) -> None:
-    pass

@@ -26,6 +26,7 @@ from .step import (
     TrainingStep,
     WindowLoss,
     check_optimizer_options,
+    check_trainable,
     default_phases,
     trainable_parameters,
 )
@@ -142,7 +143,7 @@ def fit_backbone(
         )  # fmt: skip
 
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    report = report if report is not None else (_stderr if options.show_progress and rank == 0 else _silent)
+    report = report if report is not None else (to_stderr if options.show_progress and rank == 0 else silent)
     device = backbone.device
     if options.add_exogenous_features and backbone.fusion is None:
         backbone.enable_variate_labels()
@@ -179,7 +180,7 @@ def fit_backbone(
                 line += f"  validation loss {loss:.4f}"
                 if loss < best_loss:
                     best_loss, history.best_step = loss, index
-                    best_state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+                    best_state = {n: p.detach().clone() for n, p in backbone.named_parameters() if p.requires_grad}
                 elif patience is not None and index - history.best_step >= patience * every:
                     history.stopped_early = True
             elapsed = time.perf_counter() - started
@@ -194,7 +195,7 @@ def fit_backbone(
             parameter.requires_grad_(True)
         history.seconds = time.perf_counter() - started
     if best_state is not None and history.best_step != history.steps:
-        backbone.load_state_dict(best_state)
+        backbone.load_state_dict(best_state, strict=False)  # only the trained parameters changed
         report(f"kept the weights of step {history.best_step} (validation loss {best_loss:.4f})")
     return history
 
@@ -233,16 +234,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def check_trainable(trainable: object) -> None:
-    """The choices :func:`~toto.training.step.trainable_parameters` takes (its layer count checked there)."""
-    if trainable not in ("all", "head") and not (isinstance(trainable, int) and not isinstance(trainable, bool) and trainable >= 0):
-        raise ValueError(f"trainable must be 'all', 'head' or a number of last layers, got {trainable!r}")
-
-
-def _stderr(line: str) -> None:
+def to_stderr(line: str) -> None:
+    """A progress line on stderr, flushed."""
     print(line, file=sys.stderr, flush=True)
 
 
-def _silent(line: str) -> None:
+def silent(line: str) -> None:
+    """No progress lines."""
     pass
 

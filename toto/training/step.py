@@ -70,13 +70,12 @@ def trainable_parameters(backbone: TotoBackbone, trainable: str | int) -> list[n
     """Freeze all but ``trainable``: ``"all"``, ``"head"`` (unembed and mixture head), or an int N
     (the last N transformer layers and the head). Variate labels, when enabled, always train."""
     layers = len(backbone.transformer.layers)
+    check_trainable(trainable, layers)
     if trainable == "all":
         chosen: Iterable[nn.Module] = [backbone]
-    elif trainable == "head" or (isinstance(trainable, int) and not isinstance(trainable, bool) and 0 <= trainable <= layers):
-        last = 0 if trainable == "head" else trainable
-        chosen = [backbone.unembed, backbone.output_distribution, *backbone.transformer.layers[layers - last :]]
     else:
-        raise ValueError(f"trainable must be 'all', 'head' or a number of last layers from 0 to {layers}, got {trainable!r}")
+        last = 0 if trainable == "head" else int(trainable)
+        chosen = [backbone.unembed, backbone.output_distribution, *backbone.transformer.layers[layers - last :]]
     for parameter in backbone.parameters():
         parameter.requires_grad_(False)
     for module in chosen:
@@ -86,6 +85,15 @@ def trainable_parameters(backbone: TotoBackbone, trainable: str | int) -> list[n
         if label is not None:
             label.requires_grad_(True)
     return [p for p in backbone.parameters() if p.requires_grad]
+
+
+def check_trainable(trainable: object, layers: int | None = None) -> None:
+    """``"all"``, ``"head"`` or a number of last layers (at most ``layers``, when known)."""
+    count = isinstance(trainable, int) and not isinstance(trainable, bool)
+    if trainable in ("all", "head") or (count and 0 <= trainable and (layers is None or trainable <= layers)):
+        return
+    bound = "" if layers is None else f" from 0 to {layers}"
+    raise ValueError(f"trainable must be 'all', 'head' or a number of last layers{bound}, got {trainable!r}")
 
 
 class TrainingStep:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from toto.cli import main as toto_main
 from toto.config import PUBLISHED_CONFIG
-from toto.loading import DEFAULT_MODEL_ID
-from toto.random_checkpoint import write_checkpoint
+from toto.checkpoints.reading import DEFAULT_MODEL_ID
+from toto.checkpoints.random_weights import write_checkpoint
 
 SERIES = ["realgdp", "realcons", "realinv", "cpi", "unemp"]
 

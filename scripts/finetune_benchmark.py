@@ -165,7 +165,7 @@ def main() -> None:
     if args.steps < 1 or args.warmup_steps < 1:
         parser.error("--steps and --warmup-steps must be at least 1 (the first step compiles)")
     from toto.config import PUBLISHED_CONFIG
-    from toto.random_checkpoint import write_checkpoint
+    from toto.checkpoints.random_weights import write_checkpoint
 
     config = PUBLISHED_CONFIG if args.size == "full" else tiny_config(PUBLISHED_CONFIG)
     report = {

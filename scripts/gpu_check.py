@@ -47,7 +47,7 @@ from parity_inputs import scenario  # noqa: E402
 from toto import MaskedTimeseries, Toto, TotoForecaster  # noqa: E402
 from toto.commands.bench import inputs, load_upstream  # noqa: E402
 from toto.data.util.dataset import pad_array, pad_id_mask  # noqa: E402
-from toto.diagnostics import CompileStats, snapshot  # noqa: E402
+from toto.compile.diagnostics import CompileStats, snapshot  # noqa: E402
 from toto.inference.forecaster import bucket_capacity  # noqa: E402
 
 PARITY_SCENARIOS = "univariate,multivariate_groups,large_magnitude,left_padding"

@@ -22,7 +22,7 @@ from toto import Toto, TotoForecaster  # noqa: E402
 from toto.config import PUBLISHED_CONFIG  # noqa: E402
 from toto.data.util.dataset import masked_timeseries  # noqa: E402
 from toto.model.backbone import TotoBackbone  # noqa: E402
-from toto.random_checkpoint import write_checkpoint  # noqa: E402
+from toto.checkpoints.random_weights import write_checkpoint  # noqa: E402
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 
 from toto import MaskedTimeseries, Toto, TotoConfig, TotoForecaster
 from toto.config import PUBLISHED_CONFIG
-from toto.loading import DEFAULT_MODEL_ID
+from toto.checkpoints.reading import DEFAULT_MODEL_ID
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     python scripts/ray_throughput.py [--config full|tiny] [--series 256] [--workers 1,2] [--json out.json]
 
-* Ray: ``toto.distributed.forecast_dataset`` on a local cluster of this machine's CPUs, for
+* Ray: ``toto.engines.ray.forecast_dataset`` on a local cluster of this machine's CPUs, for
   each worker count. A job pays a fixed cost (worker processes, model loads, planning) on
   top of its batches, so each count runs twice, on one batch and on all series: the
   difference gives the steady rate (series/s) and, against the local engine's time per
@@ -32,7 +32,7 @@ from toto import TotoPipeline
 from toto.commands.bench import S4Settings, s4_workload
 from toto.config import PUBLISHED_CONFIG
 from toto.inference.keyed_random import series_keys
-from toto.random_checkpoint import write_checkpoint
+from toto.checkpoints.random_weights import write_checkpoint
 
 TINY = {**PUBLISHED_CONFIG, "patch_size": 16, "stride": 16, "embed_dim": 32, "num_layers": 4, "num_heads": 4,
         "mlp_hidden_dim": 64, "spacewise_every_n_layers": 2, "output_distribution_kwargs": {"k_components": 5}}  # fmt: skip
@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from toto.distributed import forecast_dataset
+    from toto.engines.ray import forecast_dataset
 
     settings = S4Settings(series=args.series)
     frame = long_frame(s4_workload(settings))

@@ -1,9 +1,9 @@
-"""Checkpoints for the tests: the published layout (``toto.random_checkpoint``) at tiny and full size."""
+"""Checkpoints for the tests: the published layout (``toto.checkpoints.random_weights``) at tiny and full size."""
 
 from __future__ import annotations
 
 from toto.config import PUBLISHED_CONFIG
-from toto.random_checkpoint import published_shapes, random_published_state, write_checkpoint
+from toto.checkpoints.random_weights import published_shapes, random_published_state, write_checkpoint
 
 __all__ = ["PUBLISHED_CONFIG", "TINY_CONFIG", "published_shapes", "random_published_state", "write_checkpoint"]
 

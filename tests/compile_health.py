@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from toto.diagnostics import snapshot
+from toto.compile.diagnostics import snapshot
 
 
 def steady_state(calls: Iterable[Callable[[], object]]):

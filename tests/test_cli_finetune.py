@@ -18,7 +18,7 @@ pytest.importorskip("pyarrow")
 
 from tests.cli_run import cli, run_main  # noqa: E402
 from toto import Toto  # noqa: E402
-from toto.frames import read_panel  # noqa: E402
+from toto.frames.panel import read_panel  # noqa: E402
 from toto.training import TrainingDiverged  # noqa: E402
 from toto.training import step as step_module  # noqa: E402
 

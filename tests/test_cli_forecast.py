@@ -18,7 +18,7 @@ from tests.cli_run import cli
 from toto import TotoPipeline
 from toto.cli import build_parser
 from toto.commands import forecast as forecast_command
-from toto.loading import DEFAULT_MODEL_ID
+from toto.checkpoints.reading import DEFAULT_MODEL_ID
 
 H = 20  # more than one tiny patch (16), so a decode step runs
 N = 40  # context rows

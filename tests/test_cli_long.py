@@ -15,7 +15,7 @@ pytest.importorskip("pyarrow")
 from tests.cli_run import cli  # noqa: E402
 from toto import TotoPipeline  # noqa: E402
 from toto.commands import forecast as forecast_command  # noqa: E402
-from toto.commands import frames_io  # noqa: E402
+from toto.frames import io as frames_io  # noqa: E402
 from toto.evaluation import backtest as library_backtest  # noqa: E402
 
 H = 4

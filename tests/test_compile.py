@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from toto import MaskedTimeseries, Toto, TotoForecaster
-from toto.compile import CompiledFunction, CompileSettings
-from toto.diagnostics import snapshot
+from toto.compile.policy import CompiledFunction, CompileSettings
+from toto.compile.diagnostics import snapshot
 from toto.inference.forecaster import bucket_capacity
 
 

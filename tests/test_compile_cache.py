@@ -1,4 +1,4 @@
-"""toto.compile_cache: resolution, a cross-process round trip, and every failure degrading to a cold compile."""
+"""toto.compile.cache: resolution, a cross-process round trip, and every failure degrading to a cold compile."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from toto import compile_cache
-from toto.compile_cache import ENV_COMPILE_CACHE, ENV_INDUCTOR_CACHE, FILE_NAME, CompileCache
+from toto.compile import cache as compile_cache
+from toto.compile.cache import ENV_COMPILE_CACHE, ENV_INDUCTOR_CACHE, FILE_NAME, CompileCache
 
 # Compiles f = (x.sin() * 2).cos() on 64 floats and prints what the test needs as JSON.
 # argv: cache directory, "save" or "load".
@@ -25,7 +25,7 @@ PROCESS = textwrap.dedent(
     from pathlib import Path
     import torch
     from torch._dynamo.utils import counters
-    from toto.compile_cache import CompileCache
+    from toto.compile.cache import CompileCache
 
     cache = CompileCache(Path(sys.argv[1]))
     loaded = cache.load() if sys.argv[2] == "load" else None
@@ -331,7 +331,7 @@ def test_use_for_inductor_false_leaves_it_unset(tmp_path, no_inductor_dir, nothi
 def test_fresh_process_moves_inductor_cache_in(tmp_path):
     # End to end, as a user runs it: torch picks its default on import, load() must still move it.
     script = (
-        "import os, sys, toto; from toto.compile_cache import CompileCache; from pathlib import Path; "
+        "import os, sys, toto; from toto.compile.cache import CompileCache; from pathlib import Path; "
         "CompileCache(Path(sys.argv[1])).load(); print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"
     )
     env = {k: v for k, v in os.environ.items() if k != ENV_INDUCTOR_CACHE}

@@ -1,4 +1,4 @@
-"""The Ray engine (``toto.distributed``) on a local 2-CPU cluster with the tiny checkpoint: equality with
+"""The Ray engine (``toto.engines.ray``) on a local 2-CPU cluster with the tiny checkpoint: equality with
 the local engine, independence from partitioning, a worker killed mid-job, bad input, atomic output."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray", reason="the Ray engine needs the extra toto-com
 import torch  # noqa: E402
 
 from toto import TotoPipeline  # noqa: E402
-from toto.distributed import (  # noqa: E402
+from toto.engines.ray import (  # noqa: E402
     BATCH_COLUMN,
     _ForecastActor,
     _WorkerSettings,
@@ -195,7 +195,7 @@ def test_bad_options_fail_before_reading(tiny_checkpoint):
 
 def test_unreachable_address_is_one_error_naming_it():
     # A fresh process: this one already has a cluster, and connect() would reuse it.
-    code = "from toto.distributed import connect; connect('127.0.0.1:9')"
+    code = "from toto.engines.ray import connect; connect('127.0.0.1:9')"
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and time.perf_counter() - started < 30

@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 
 from toto import Toto, TotoForecaster, TotoPipeline
 from toto.cli import main
-from toto import saving
+from toto.checkpoints import writing as saving
 from toto.config import TotoConfig
 from toto.data.util.dataset import masked_timeseries
-from toto.finetuned import load_finetuned_toto
-from toto.loading import CheckpointError
+from toto.checkpoints.lightning import load_finetuned_toto
+from toto.checkpoints.reading import CheckpointError
 
 FINETUNED_SEED = 7  # the base model (tiny_checkpoint) has seed 1: different weights
 EMBED_DIM = TINY_CONFIG["embed_dim"]

@@ -9,7 +9,7 @@ import torch
 from parity_inputs import scenario
 
 from toto import MaskedTimeseries, Toto, TotoForecaster, TotoPipeline
-from toto.diagnostics import snapshot
+from toto.compile.diagnostics import snapshot
 
 BF16_BOUND = 2e-2  # max |bf16 - fp32| / max |fp32| of the mean forecast
 

@@ -14,7 +14,7 @@ from checkpoints import TINY_CONFIG, write_checkpoint
 
 from toto import Toto, TotoForecaster
 from toto.data.util.dataset import masked_timeseries
-from toto.diagnostics import count_eager_ops
+from toto.compile.diagnostics import count_eager_ops
 
 PER_CALL, PER_STEP = 40, 4
 # The benchmark scenarios in patches (S1 context 8 patches, horizon under one, 1,024 samples;

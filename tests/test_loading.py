@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from toto import Toto
 from toto.config import ConfigError, TotoConfig
-from toto.loading import CheckpointError
+from toto.checkpoints.reading import CheckpointError
 
 LAYER0 = "model.transformer.layers.0"
 

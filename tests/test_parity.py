@@ -200,7 +200,7 @@ def test_compiled_prefill_across_one_bucket(model_pair, name, record):
     ours, theirs = model_pair
     if ours.embed_dim > 64:
         pytest.skip("checked at tiny size (CPU compile time)")
-    from toto.diagnostics import snapshot
+    from toto.compile.diagnostics import snapshot
     from toto.inference.forecaster import CAPACITY_BUCKET
 
     torch._dynamo.reset()

@@ -1,4 +1,4 @@
-"""toto.plot: forecast and backtest figures from hand-built long frames."""
+"""toto.frames.plot: forecast and backtest figures from hand-built long frames."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
-from toto.plot import plot_backtest, plot_forecast  # noqa: E402
+from toto.frames.plot import plot_backtest, plot_forecast  # noqa: E402
 
 LEVELS = (0.1, 0.5, 0.9)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -226,7 +226,7 @@ def test_rejects_non_frames():
 
 
 def test_importing_toto_leaves_matplotlib_alone():
-    code = "import sys, toto, toto.plot; assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules"
+    code = "import sys, toto, toto.frames.plot; assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

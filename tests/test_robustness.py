@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toto import MaskedTimeseries, TotoPipeline
-from toto.compile import CompiledFunction, CompileSettings
+from toto.compile.policy import CompiledFunction, CompileSettings
 from toto.data.util.dataset import fill_missing, masked_timeseries
-from toto.diagnostics import snapshot
+from toto.compile.diagnostics import snapshot
 
 H = 20  # more than one tiny patch (16), so decode steps run
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from checkpoints import TINY_CONFIG, write_checkpoint
 from oracle import import_oracle
 
 from toto import Toto, TotoPipeline
-from toto.diagnostics import snapshot
+from toto.compile.diagnostics import snapshot
 from toto.training import (
     FitOptions,
     TrainingDiverged,

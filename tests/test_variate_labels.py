@@ -17,7 +17,7 @@ from parity_inputs import masked_inputs, random_walk
 
 import toto.data.util.dataset as ours_dataset
 from toto import Toto, TotoForecaster
-from toto.loading import CheckpointError
+from toto.checkpoints.reading import CheckpointError
 from toto.model.fusion import Fusion
 
 LABELS = ("model.target_variate_label", "model.exogenous_variate_label")

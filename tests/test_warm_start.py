@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from toto import TotoPipeline
-from toto.diagnostics import snapshot
+from toto.compile.diagnostics import snapshot
 
 H = 20  # two tiny patches: one decode step
 

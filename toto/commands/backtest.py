@@ -5,7 +5,7 @@ timestamp), prints Toto's and seasonal naive's metrics as a table on stdout, and
 the per-(item, window, target) metrics, the window forecasts and a plot of one item. All
 output files are staged as temporary files and moved into place together at the end.
 
-With ``--engine ray``, :func:`toto.distributed.backtest_dataset` runs it on a Ray cluster: the
+With ``--engine ray``, :func:`toto.engines.ray.backtest_dataset` runs it on a Ray cluster: the
 cluster reads the input, the table and the metrics file are the same, and the forecasts are
 a new folder of Parquet files. It draws no plot (the plot needs the whole input here).
 """
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Hashable
 
-from ..loading import DEFAULT_MODEL_ID
-from ..pipeline import DEFAULT_FRAME_BATCH_SIZE
+from ..checkpoints.reading import DEFAULT_MODEL_ID
+from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE
 from .common import UsageError, _finite, _positive_int, add_device_argument, device_problem
 from .forecast import LongInput, _names, _quantiles, frame_levels, frame_options, load_pipeline, read_long_input
 from .ray_engine import (
@@ -30,7 +30,7 @@ from .ray_engine import (
     ray_errors,
     write_ray_folder,
 )
-from .frames_io import DataFileError, check_output_path, frame_writer, pandas_module, staged_outputs
+from ..frames.io import DataFileError, check_output_path, frame_writer, pandas_module, staged_outputs
 
 PROG = "toto-compiled backtest"
 DESCRIPTION = (
@@ -156,9 +156,9 @@ def backtest_command(args: argparse.Namespace) -> None:
 def backtest_ray(
     args: argparse.Namespace, levels: list[float], interval: tuple[float, float], outputs: dict[str, Path]
 ) -> None:
-    """--engine ray: :func:`toto.distributed.backtest_dataset`; the table and metrics as the local engine's,
+    """--engine ray: :func:`toto.engines.ray.backtest_dataset`; the table and metrics as the local engine's,
     the forecasts as a new folder of Parquet files (written with the metrics file, or neither)."""
-    from ..distributed import backtest_dataset
+    from ..engines.ray import backtest_dataset
 
     stride = args.stride or args.prediction_length
     options = backtest_options(args, levels, interval, stride)
@@ -253,9 +253,9 @@ def _plot_item(long_input: LongInput, text: str | None) -> Hashable:
 
 
 def _figure(long_input: LongInput, result: Any, item: Hashable, max_history: int) -> Any:
-    """:func:`toto.plot.plot_backtest` of ``item``: the end of its series as read (on its grid), and its windows."""
-    from ..frames import read_panel
-    from ..plot import plot_backtest
+    """:func:`toto.frames.plot.plot_backtest` of ``item``: the end of its series as read (on its grid), and its windows."""
+    from ..frames.panel import read_panel
+    from ..frames.plot import plot_backtest
 
     pd = pandas_module()
     # The frame is valid (the backtest read it); read_panel gives the item's parsed grid and values.
@@ -277,7 +277,7 @@ def _figure(long_input: LongInput, result: Any, item: Hashable, max_history: int
 
 
 def _save_figure(figure: Any, temporary: Path, path: Path, image_format: str) -> None:
-    from ..plot import DPI
+    from ..frames.plot import DPI
 
     try:
         figure.savefig(temporary, format=image_format, dpi=DPI)

@@ -50,14 +50,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..compile import default_compile_prefill, default_mode
+from ..compile.policy import default_compile_prefill, default_mode
 from ..config import PUBLISHED_CONFIG
 from ..data.util.dataset import MaskedTimeseries, masked_timeseries
-from ..diagnostics import snapshot
+from ..compile.diagnostics import snapshot
 from ..inference.forecaster import TotoForecaster
 from ..model.toto import Toto
-from ..pipeline import TotoPipeline
-from ..random_checkpoint import write_checkpoint
+from ..pipeline.pipeline import TotoPipeline
+from ..checkpoints.random_weights import write_checkpoint
 from .common import add_device_argument, describe, device_unavailable, sync
 
 SCENARIOS = {

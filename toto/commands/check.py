@@ -26,10 +26,10 @@ from torch import Tensor
 from .. import __version__
 from ..config import PUBLISHED_CONFIG
 from ..data.util.dataset import MaskedTimeseries, masked_timeseries
-from ..diagnostics import CompileStats, snapshot
+from ..compile.diagnostics import CompileStats, snapshot
 from ..inference.forecaster import TotoForecaster, bucket_capacity
 from ..model.toto import Toto
-from ..random_checkpoint import write_checkpoint
+from ..checkpoints.random_weights import write_checkpoint
 from .common import add_device_argument, describe, device_unavailable, sync
 
 MEAN_PATH_BOUND = 1e-4  # max relative difference, float32; compiled code reorders reductions

@@ -13,10 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-from ..finetuned import load_finetuned_toto
-from ..loading import CONFIG_NAME, WEIGHTS_NAME
+from ..checkpoints.lightning import load_finetuned_toto
+from ..checkpoints.reading import CONFIG_NAME, WEIGHTS_NAME
 from ..model.toto import Toto
-from ..saving import save_pretrained
+from ..checkpoints.writing import save_pretrained
 
 PROG = "toto-compiled export"
 DESCRIPTION = (

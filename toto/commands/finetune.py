@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..loading import CONFIG_NAME, WEIGHTS_NAME
+from ..checkpoints.reading import CONFIG_NAME, WEIGHTS_NAME
 from .common import UsageError, add_device_argument, device_problem
 from .forecast import LongInput, _names
-from .frames_io import DataFileError, check_columns, read_data_file
+from ..frames.io import DataFileError, check_columns, read_data_file
 
 PROG = "toto-compiled finetune"
 MODULE_PROG = "python -m toto.training"
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
 def finetune(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from ..pipeline import TotoPipeline
+    from ..pipeline.pipeline import TotoPipeline
     from ..training import distributed
     from ..training.fit import silent, to_stderr
 
@@ -292,7 +292,7 @@ def check_output(output: Path, force: bool) -> None:
 
 def read_training_data(args: argparse.Namespace, path: Path, option: str) -> TrainingData:
     """Read a long file as ``backtest --input`` does; each item's values are one series."""
-    from ..frames import read_panel
+    from ..frames.panel import read_panel
 
     data = read_data_file(path, text_columns=[args.id_column])
     keys = {args.id_column: "--id-column", args.timestamp_column: "--timestamp-column"}

@@ -8,7 +8,7 @@ frame is written as CSV or Parquet. Every output file is written to a temporary 
 and moved into place whole.
 
 With ``--engine ray`` (long mode only), the Ray cluster reads the input and model actors
-forecast it (:func:`toto.distributed.forecast_dataset`); the output is a new folder of
+forecast it (:func:`toto.engines.ray.forecast_dataset`); the output is a new folder of
 Parquet files, renamed into place once complete (:mod:`.ray_engine` holds what the Ray
 engine's commands share).
 """
@@ -29,9 +29,9 @@ from typing import Callable, TextIO
 import numpy as np
 import torch
 
-from ..frames import CellError
-from ..loading import DEFAULT_MODEL_ID
-from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, TotoPipeline
+from ..frames.panel import CellError
+from ..checkpoints.reading import DEFAULT_MODEL_ID
+from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE, TotoPipeline
 from .common import UsageError, _finite, _positive_int, add_device_argument, device_problem
 from .ray_engine import (
     add_engine_arguments,
@@ -41,7 +41,7 @@ from .ray_engine import (
     ray_errors,
     write_ray_folder,
 )
-from .frames_io import (
+from ..frames.io import (
     PARQUET_SUFFIXES,
     DataFile,
     DataFileError,
@@ -435,7 +435,7 @@ def forecast_long(args: argparse.Namespace) -> None:
 def forecast_ray(args: argparse.Namespace) -> None:
     """--engine ray: the cluster reads the long file (or Parquet folder) and model actors forecast every
     item; the output is a new folder of Parquet files. Nothing is read into memory here."""
-    from ..distributed import forecast_dataset
+    from ..engines.ray import forecast_dataset
 
     if args.future is not None:
         raise UsageError("--future is not supported with --engine ray; use --engine local")

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..compile import CompileSettings
-from ..compile_cache import ENV_COMPILE_CACHE
-from ..distributed import first_line
+from ..compile.policy import CompileSettings
+from ..compile.cache import ENV_COMPILE_CACHE
+from ..engines.ray import first_line
 from .common import UsageError, _finite, _positive_int
-from .frames_io import DataFileError, strip_frame_name
+from ..frames.io import DataFileError, strip_frame_name
 
 RAY_ONLY_OPTIONS = ("--ray-address", "--workers", "--gpus-per-worker")
 
@@ -64,11 +64,11 @@ def check_output_folder(path: Path, option: str) -> None:
 
 
 def connect_ray(args: argparse.Namespace) -> dict[str, Any]:
-    """Join (or start) the Ray cluster; the worker options of :func:`toto.distributed.forecast_dataset`.
+    """Join (or start) the Ray cluster; the worker options of :func:`toto.engines.ray.forecast_dataset`.
 
     A missing extra, a malformed address or one that does not answer is a UsageError (one line).
     """
-    from ..distributed import connect, require_ray
+    from ..engines.ray import connect, require_ray
 
     try:
         connect(args.ray_address)
@@ -140,8 +140,8 @@ def _last_line(err: BaseException) -> str:
 
 
 def write_ray_folder(dataset: Any, path: Path) -> None:
-    """:func:`toto.distributed.write_parquet_folder` at ``path`` (absolute: the workers write it)."""
-    from ..distributed import write_parquet_folder
+    """:func:`toto.engines.ray.write_parquet_folder` at ``path`` (absolute: the workers write it)."""
+    from ..engines.ray import write_parquet_folder
 
     try:
         write_parquet_folder(dataset, path.absolute())

@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..frames import Panel, check_quantile_levels, forecast_frame, quantile_column, read_panel, require_pandas
-from ..pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
-from ..validation import check_int
+from ..frames.panel import Panel, check_quantile_levels, forecast_frame, quantile_column, read_panel, require_pandas
+from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
+from ..arguments import check_int
 from .metrics import _quantile_loss, scaled_errors, seasonal_error, seasonal_naive
 
 __all__ = [

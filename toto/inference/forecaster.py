@@ -13,15 +13,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..compile import CompiledFunction, CompileSettings
-from ..compile_cache import CompileCache
+from ..compile.policy import CompiledFunction, CompileSettings
+from ..compile.cache import CompileCache
 from ..data.util.dataset import MaskedTimeseries, fill_missing, first_observed_step, padded_length
-from ..diagnostics import compiled_graph_count
+from ..compile.diagnostics import compiled_graph_count
 from ..model.backbone import TotoBackbone, exogenous_variates
 from ..model.distribution import AffineTransformed
-from ..validation import check_int, check_num_exogenous, check_representable
+from ..arguments import check_int, check_num_exogenous, check_representable
 from .memory import check_memory, pooled_bytes
-from .stepwise import decode_by_calls
+from .call_protocol import decode_by_calls
 from .decoding import (
     ContextBuffers,
     DecodeBuffers,

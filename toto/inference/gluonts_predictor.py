@@ -49,7 +49,7 @@ except ImportError as err:
 from ..data.util.dataset import MaskedTimeseries
 from ..model.backbone import TotoBackbone
 from ..model.toto import Toto
-from ..validation import check_int
+from ..arguments import check_int
 from .forecaster import Forecast, TotoForecaster
 
 __all__ = ["Multivariate", "TotoPredictor", "TotoSampleForecast", "TotoSampleForecastGenerator"]

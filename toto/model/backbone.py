@@ -9,7 +9,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from ..config import TotoConfig
-from ..validation import check_num_exogenous
+from ..arguments import check_num_exogenous
 from .attention import LeadingPadding
 from .distribution import MixtureOfStudentT, MixtureOfStudentTsOutput
 from .fused_head import FusedHead

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..config import TotoConfig
-from ..loading import (
+from ..checkpoints.reading import (
     DEFAULT_MODEL_ID,
     VARIATE_LABEL_KEYS,
     check_weights,
@@ -71,9 +71,9 @@ class Toto(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> list:
         """Write ``config.json`` + ``model.safetensors`` (published names) that :meth:`from_pretrained` loads.
 
-        Written through a temporary folder renamed into place (:func:`toto.saving.save_pretrained`).
+        Written through a temporary folder renamed into place (:func:`toto.checkpoints.writing.save_pretrained`).
         """
-        from ..saving import save_pretrained
+        from ..checkpoints.writing import save_pretrained
 
         return save_pretrained(self, directory)
 

@@ -4,6 +4,6 @@ Only loading a fine-tuned checkpoint is provided; fine-tuning itself (Lightning
 training) stays upstream's.
 """
 
-from ..finetuned import load_finetuned_toto
+from ..checkpoints.lightning import load_finetuned_toto
 
 __all__ = ["load_finetuned_toto"]

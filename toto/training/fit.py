@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..loading import column_major_linear_weights
+from ..checkpoints.reading import column_major_linear_weights
 from ..model.backbone import TotoBackbone
-from ..validation import check_int, is_real_number
+from ..arguments import check_int, is_real_number
 from .step import (
     TrainingDiverged,
     TrainingStep,

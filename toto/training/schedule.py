@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from ..validation import check_int
+from ..arguments import check_int
 
 
 def warmup_stable_decay(

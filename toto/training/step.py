@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..model.backbone import TotoBackbone
-from ..validation import is_real_number
+from ..arguments import is_real_number
 from .loss import combined_loss
 from .schedule import warmup_stable_decay
 from .windows import Windows

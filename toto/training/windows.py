@@ -23,7 +23,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..data.util.dataset import fill_missing
-from ..validation import as_batch_variate_time, as_float_tensor, check_int, check_num_exogenous
+from ..arguments import as_batch_variate_time, as_float_tensor, check_int, check_num_exogenous
 
 
 class Windows(NamedTuple):

@@ -28,9 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .frames import check_quantile_levels, numpy_backed, quantile_column, require_pandas, target_names
-from .pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline, item_keys
-from .validation import check_int
+from ..frames.panel import check_quantile_levels, numpy_backed, quantile_column, require_pandas, target_names
+from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline, item_keys
+from ..arguments import check_int
 
 __all__ = ["backtest_dataset", "connect", "forecast_dataset", "read_dataset", "write_parquet_folder"]
 
@@ -175,7 +175,7 @@ def backtest_dataset(
     as the local backtest, so they equal it (up to the rounding of batched arithmetic and
     of summation order). Options as :func:`forecast_dataset` and :func:`~toto.evaluation.backtest`.
     """
-    from .evaluation.backtest import BacktestParts, _interval_columns, finish_backtest
+    from ..evaluation.backtest import BacktestParts, _interval_columns, finish_backtest
 
     check_int("windows", windows)
     if stride is not None:
@@ -390,7 +390,7 @@ class _ForecastActor(_ModelActor):
 
 class _BacktestActor(_ModelActor):
     def __call__(self, rows: Any, **score: Any) -> Any:
-        from .evaluation.backtest import score_items
+        from ..evaluation.backtest import score_items
 
         id_column, levels = score["id_column"], score["quantile_levels"]
         parts = score_items(self.pipeline, self.items(rows), **score)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from ..frames import CellError, require_pandas
+from .panel import CellError, require_pandas
 
 INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SUPPORTED = ".csv, .parquet, .pq"

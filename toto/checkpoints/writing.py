@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .loading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys, published_key
+from .reading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys, published_key
 
 if TYPE_CHECKING:
-    from .model.toto import Toto
+    from ..model.toto import Toto
 
 
 def save_pretrained(model: "Toto", directory: str | os.PathLike) -> list[Path]:

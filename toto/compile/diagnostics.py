@@ -72,7 +72,7 @@ def count_eager_ops() -> Iterator[Counter[str]]:
     counter switched off (their graph is one replay, however many ops it fuses); a
     function that runs eagerly, compiled or not, is counted op by op.
     """
-    from .compile import CompiledFunction
+    from .policy import CompiledFunction
 
     plain_call = CompiledFunction._call_compiled
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import ConfigError, TotoConfig
+from ..config import ConfigError, TotoConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -147,7 +147,7 @@ def column_major_linear_weights(model: torch.nn.Module) -> None:
     then holds non-contiguous tensors: call ``.contiguous()`` before writing them with
     safetensors.
     """
-    from .model.layers import column_major
+    from ..model.layers import column_major
 
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):

@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import TotoConfig
-from .loading import (
+from ..config import TotoConfig
+from .reading import (
     CheckpointError,
     map_checkpoint_keys,
     read_config,
     resolve_checkpoint,
 )
-from .model.toto import Toto
+from ..model.toto import Toto
 
 STATE_DICT_KEY = "state_dict"  # where Lightning puts the module's weights
 MODEL_PREFIX = "model."  # TotoForFinetuning.model and Toto.model: the backbone, under the same name

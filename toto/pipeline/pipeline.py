@@ -23,18 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compile import CompileSettings
-from .data.util.dataset import MaskedTimeseries, first_observed_step, masked_timeseries
-from .diagnostics import snapshot
-from .inference.forecaster import TotoForecaster, known_future
-from .inference.keyed_random import series_keys
-from .loading import DEFAULT_MODEL_ID
+from ..compile.policy import CompileSettings
+from ..data.util.dataset import MaskedTimeseries, first_observed_step, masked_timeseries
+from ..compile.diagnostics import snapshot
+from ..inference.forecaster import TotoForecaster, known_future
+from ..inference.keyed_random import series_keys
+from ..checkpoints.reading import DEFAULT_MODEL_ID
 from .progress import batch_bar
-from .model.toto import Toto
-from .validation import as_batch_variate_time, as_float_tensor, check_int
+from ..model.toto import Toto
+from ..arguments import as_batch_variate_time, as_float_tensor, check_int
 
 if TYPE_CHECKING:
-    from .frames import Panel
+    from ..frames.panel import Panel
 
 HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
 IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
@@ -260,7 +260,7 @@ class TotoPipeline:
         """
         import copy
 
-        from .training import FitOptions, TrainingDiverged, fit_backbone
+        from ..training import FitOptions, TrainingDiverged, fit_backbone
 
         fields = set(FitOptions.__dataclass_fields__) - {"prediction_length", "context_length", "num_steps"}
         unknown = sorted(set(options) - fields)
@@ -303,7 +303,7 @@ class TotoPipeline:
         ``validation_df``: the same columns, each item's last window scored. ``options``: those
         of :meth:`fit`. Needs the extra ``toto-compiled[pandas]``.
         """
-        from .frames import read_panel
+        from ..frames.panel import read_panel
 
         def series(frame: Any) -> dict[Any, np.ndarray]:  # keyed by item id, which errors then name
             panel = read_panel(frame, id_column=id_column, timestamp_column=timestamp_column, target=target,
@@ -420,7 +420,7 @@ class TotoPipeline:
         ``samples_per_batch``, default ``num_samples``, not with the number of items), and
         only each batch's quantiles are kept. Needs the extra ``toto-compiled[pandas]``.
         """
-        from .frames import check_quantile_levels, forecast_frame, read_panel
+        from ..frames.panel import check_quantile_levels, forecast_frame, read_panel
 
         check_int("prediction_length", prediction_length)
         check_int("num_samples", num_samples)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
-from .validation import check_int
+from ..arguments import check_int
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -1,0 +1,1 @@
+"""Engines that run the pipeline elsewhere: :mod:`.ray` (extra ``toto-compiled[ray]``)."""

@@ -24,7 +24,7 @@ from toto.cli import main
 from toto.checkpoints import writing as saving
 from toto.config import TotoConfig
 from toto.data.util.dataset import masked_timeseries
-from toto.checkpoints.lightning import load_finetuned_toto
+from toto.scripts.finetune_toto import load_finetuned_toto
 from toto.checkpoints.reading import CheckpointError
 
 FINETUNED_SEED = 7  # the base model (tiny_checkpoint) has seed 1: different weights

@@ -28,7 +28,6 @@ from .reading import (
     read_config,
     resolve_checkpoint,
 )
-from ..model.toto import Toto
 
 STATE_DICT_KEY = "state_dict"  # where Lightning puts the module's weights
 MODEL_PREFIX = "model."  # TotoForFinetuning.model and Toto.model: the backbone, under the same name
@@ -37,24 +36,16 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 _UNPICKLER_ERROR = "WeightsUnpickler error:"
 
 
-def load_finetuned_toto(
-    model_id: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    map_location: str | torch.device = "cpu",
-) -> Toto:
-    """Load a model fine-tuned by upstream's ``finetune_toto.py``, ready for inference.
-
-    ``model_id`` (hub id or local folder) supplies ``config.json``, the architecture
-    fine-tuning started from; ``checkpoint_path`` supplies every weight. Besides a
-    Lightning ``.ckpt``, a plain state dict saved with ``torch.save`` is accepted.
-
-    Upstream returns its ``TotoForFinetuning``; this returns our :class:`Toto`. Both
-    keep the backbone as ``.model``, so ``TotoForecaster(loaded.model)`` works alike.
-    """
+def read_finetuned_checkpoint(
+    model_id: str | os.PathLike, checkpoint_path: str | os.PathLike
+) -> tuple[TotoConfig, dict[str, Tensor], str]:
+    """``config.json`` of ``model_id`` (hub id or folder: the architecture fine-tuning started from)
+    and every weight of ``checkpoint_path`` (a Lightning ``.ckpt`` or a plain state dict saved with
+    ``torch.save``), under our key names; the third item names the weights in errors."""
     path = Path(os.path.expanduser(str(checkpoint_path)))
     state = read_finetuned_state(path)  # first: a bad local file fails before any download
-    config = read_config(resolve_checkpoint(model_id).config)
-    return build_finetuned_toto(config, state, source=str(path), device=map_location)
+    check_model_prefix(state, str(path))
+    return read_config(resolve_checkpoint(model_id).config), state, str(path)
 
 
 def read_finetuned_state(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -64,21 +55,14 @@ def read_finetuned_state(path: str | os.PathLike) -> dict[str, Tensor]:
     return map_checkpoint_keys(state, source=str(path))
 
 
-def build_finetuned_toto(
-    config: TotoConfig,
-    state: dict[str, Tensor],
-    source: str,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-) -> Toto:
-    """A :class:`Toto` holding a fine-tuning module's ``state`` (our key names), checked in full first."""
+def check_model_prefix(state: dict[str, Tensor], source: str) -> None:
+    """A fine-tuning module's weights hold the backbone under ``model.``; a bare backbone's do not."""
     if state and not any(key.startswith(MODEL_PREFIX) for key in state):
-        # A backbone saved on its own (e.g. TotoForFinetuning.model.state_dict()): say so, not list every key.
+        # Say so, rather than list every key as missing.
         raise CheckpointError(
             f"{source}: no key starts with {MODEL_PREFIX!r} (first key: {next(iter(state))!r}); "
             f"save the whole fine-tuning module's state dict, where the backbone's keys start with {MODEL_PREFIX!r}"
         )
-    return Toto.from_state(config, state, source, device, dtype)
 
 
 def _load_weights_only(path: Path) -> object:

@@ -140,20 +140,6 @@ def read_checkpoint(files: CheckpointFiles) -> tuple[TotoConfig, dict[str, Tenso
     return read_config(files.config), map_checkpoint_keys(read_weights(files.weights), source=str(files.weights))
 
 
-def column_major_linear_weights(model: torch.nn.Module) -> None:
-    """On CPU, store float32 ``nn.Linear`` weights column-major (:func:`~toto.model.layers.column_major`).
-
-    A prefill of one series (all of S1's matrix products) gains the most. ``state_dict()``
-    then holds non-contiguous tensors: call ``.contiguous()`` before writing them with
-    safetensors.
-    """
-    from ..model.layers import column_major
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.weight.data = column_major(module.weight.data)
-
-
 def _local_files(config: Path, weights: Path) -> CheckpointFiles:
     for path in (config, weights):
         if not path.is_file():

@@ -15,7 +15,6 @@ import shutil
 import stat
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -23,12 +22,10 @@ from torch import Tensor
 
 from .reading import CONFIG_NAME, WEIGHTS_NAME, check_weights, map_checkpoint_keys, published_key
 
-if TYPE_CHECKING:
-    from ..model.toto import Toto
 
-
-def save_pretrained(model: "Toto", directory: str | os.PathLike) -> list[Path]:
-    """Write ``model`` into ``directory`` (created if needed; the two files replaced if there).
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> list[Path]:
+    """Write ``model`` (a :class:`~toto.model.toto.Toto`: its weights and ``model.config``) into
+    ``directory`` (created if needed; the two files replaced if there).
 
     Returns the paths of ``config.json`` and ``model.safetensors``.
     """

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..checkpoints.lightning import load_finetuned_toto
+from ..scripts.finetune_toto import load_finetuned_toto
 from ..checkpoints.reading import CONFIG_NAME, WEIGHTS_NAME
 from ..model.toto import Toto
 from ..checkpoints.writing import save_pretrained

@@ -15,11 +15,12 @@ from torch import Tensor
 
 from ..compile.policy import CompiledFunction, CompileSettings
 from ..compile.cache import CompileCache
-from ..data.util.dataset import MaskedTimeseries, fill_missing, first_observed_step, padded_length
+from ..data.util.dataset import MaskedTimeseries, first_observed_step, padded_length
 from ..compile.diagnostics import compiled_graph_count
 from ..model.backbone import TotoBackbone, exogenous_variates
-from ..model.distribution import AffineTransformed
-from ..arguments import check_int, check_num_exogenous, check_representable
+from ..arguments import check_int, check_representable
+from .capacity import MAX_BUFFER_SETS, bucket_capacity, decode_capacity
+from .inputs import as_masked, checked_keys, known_future, mask_missing
 from .memory import check_memory, pooled_bytes
 from .call_protocol import decode_by_calls
 from .decoding import (
@@ -31,32 +32,9 @@ from .decoding import (
     keyed_draw,
     keyed_sample_step,
     mean_step,
-    next_patch,
     prefill,
     sample_step,
 )
-
-# KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
-# varying length share buffers and compiled graphs: one graph per bucket.
-CAPACITY_BUCKET = 16
-# Decode-buffer sets kept for reuse, least recently used dropped first: bounds memory in
-# long backtests that touch many shapes. A call uses two sets (context rows, sample rows);
-# 16 covers the 8 shapes per step that dynamo's default recompile_limit lets compile.
-MAX_BUFFER_SETS = 16
-
-
-def bucket_capacity(num_patches: int) -> int:
-    return -(-num_patches // CAPACITY_BUCKET) * CAPACITY_BUCKET
-
-
-def decode_capacity(num_patches: int) -> int:
-    """Cache slots of sample rows, which hold only decoded patches: the next power of two.
-
-    Every step attends over all of them, so a tight bound matters more here than in the
-    context's cache; powers of two keep the number of step graphs logarithmic in the horizon.
-    """
-    return 1 << max(0, num_patches - 1).bit_length()
-
 
 @dataclass(frozen=True)
 class Forecast:
@@ -252,7 +230,7 @@ class TotoForecaster:
         num_exogenous_variables: int = 0,
     ) -> Float[Tensor, "batch variate horizon"]:
         """Upstream's lower-level entry point: the mean path of ``inputs`` (``[batch, variate, time]``)."""
-        masked = _as_masked(inputs, timestamp_seconds, time_interval_seconds, input_padding_mask, id_mask, num_exogenous_variables)
+        masked = as_masked(inputs, timestamp_seconds, time_interval_seconds, input_padding_mask, id_mask, num_exogenous_variables)
         return self.forecast(
             masked, prediction_length, use_kv_cache=use_kv_cache, future_exogenous_variables=future_exogenous_variables
         ).mean
@@ -276,7 +254,7 @@ class TotoForecaster:
 
         Unlike upstream, ``num_samples`` need not be a multiple of ``sampling_batch_size``.
         """
-        masked = _as_masked(inputs, timestamp_seconds, time_interval_seconds, input_padding_mask, id_mask, num_exogenous_variables)
+        masked = as_masked(inputs, timestamp_seconds, time_interval_seconds, input_padding_mask, id_mask, num_exogenous_variables)
         return self.forecast(
             masked,
             prediction_length,
@@ -299,7 +277,7 @@ class TotoForecaster:
         sample_keys: Tensor | None = None,
     ) -> Forecast:
         series, observed, ids = self._prepare(inputs)
-        keys = None if sample_keys is None else _checked_keys(sample_keys, series.shape[0], series.device)
+        keys = None if sample_keys is None else checked_keys(sample_keys, series.shape[0], series.device)
         patch = self.patch_size
         num_steps = -(-prediction_length // patch)
         future = known_future(
@@ -490,16 +468,6 @@ class TotoForecaster:
         return self._buffers[key]
 
 
-def _checked_keys(keys: Tensor, batch: int, device: torch.device) -> Int[Tensor, " batch"]:
-    keys = torch.as_tensor(keys)
-    if keys.shape != (batch,) or keys.dtype != torch.long:
-        raise ValueError(
-            f"sample_keys must be an int64 tensor of shape ({batch},), one key per series; "
-            f"got {keys.dtype} of shape {tuple(keys.shape)}"
-        )
-    return keys.to(device)
-
-
 def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of the model's first parameter or buffer (CPU/float32 if it has none).
 
@@ -509,95 +477,3 @@ def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:
     device = tensors[0].device if tensors else torch.device("cpu")
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
     return device, dtype
-
-
-def _as_masked(
-    series: Tensor,
-    timestamp_seconds: Tensor,
-    time_interval_seconds: Tensor,
-    padding_mask: Tensor | None,
-    id_mask: Tensor | None,
-    num_exogenous_variables: int,
-) -> MaskedTimeseries:
-    return MaskedTimeseries(
-        series=series,
-        padding_mask=torch.ones_like(series, dtype=torch.bool) if padding_mask is None else padding_mask,
-        id_mask=torch.zeros_like(series, dtype=torch.int) if id_mask is None else id_mask,
-        timestamp_seconds=timestamp_seconds,
-        time_interval_seconds=time_interval_seconds,
-        num_exogenous_variables=num_exogenous_variables,
-    )
-
-
-def known_future(
-    future: Tensor | None,
-    num_exogenous: int,
-    series: Tensor,
-    padded_length: int,
-    prediction_length: int,
-    name: str = "future_exogenous_variables",
-) -> Float[Tensor, "batch exogenous padded_horizon"] | None:
-    """Validated known future of the exogenous variates, zero-padded to whole patches (as upstream), or None.
-
-    ``name``: the argument that errors name.
-    """
-    batch, variates, _ = series.shape
-    check_num_exogenous(num_exogenous, variates, "inputs.num_exogenous_variables")
-    if future is None:
-        return None
-    if num_exogenous == 0:
-        raise ValueError(
-            f"{name} was given but inputs.num_exogenous_variables is 0: "
-            "set it to the number of exogenous variates (the last ones)"
-        )
-    future = torch.as_tensor(future)
-    if future.ndim == 2:
-        future = future[None]
-    expected = (batch, num_exogenous, prediction_length)
-    if future.ndim != 3:
-        raise ValueError(f"{name} must be [batch, exogenous, prediction_length] {expected}, got shape {tuple(future.shape)}")
-    for dim, (axis, got, want) in enumerate(zip(("batch", "exogenous", "prediction_length"), future.shape, expected)):
-        if got != want:
-            raise ValueError(
-                f"{name} has {got} along dimension {dim} ({axis}), expected {want}: "
-                f"shape {tuple(future.shape)}, expected {expected}"
-            )
-    if not future.is_floating_point():
-        future = future.to(series.dtype)
-    bad = ~torch.isfinite(future)
-    if bad.any():
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{name} has a non-finite value ({future[where].item()}) at (batch, exogenous, step) "
-            f"{where}: known future values must be finite"
-        )
-    check_representable(future, series.dtype, name)
-    future = future.to(device=series.device, dtype=series.dtype)
-    return F.pad(future, (0, padded_length - prediction_length))
-
-
-def mask_missing(
-    series: Float[Tensor, "batch variate time"], observed: Tensor
-) -> tuple[Float[Tensor, "batch variate time"], Tensor]:
-    """NaN counts as not observed (see :func:`fill_missing`); ±inf and series with nothing observed are errors."""
-    if series.is_complex() or series.dtype == torch.bool:
-        raise TypeError(f"inputs.series must hold real numbers, got dtype {series.dtype}")
-    if 0 in series.shape:
-        raise ValueError(f"inputs.series is empty (shape {tuple(series.shape)})")
-    observed = observed.to(series.device)
-    infinite = torch.isinf(series)
-    if infinite.any():
-        where = infinite.nonzero()[0].tolist()
-        raise ValueError(
-            f"inputs.series has ±inf at (batch, variate, time) {tuple(where)}; use NaN for a missing value"
-        )
-    if series.is_floating_point():
-        series, missing = fill_missing(series)
-        observed = observed & ~missing
-    empty = ~observed.any(dim=-1)
-    if empty.any():
-        raise ValueError(
-            f"inputs: series (batch, variate) {tuple(empty.nonzero()[0].tolist())} has no observed value "
-            "(padding_mask all False, or all NaN)"
-        )
-    return series, observed

@@ -17,11 +17,13 @@ whose products stay below 2**62, so it is exact on every backend.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
+
+from ..model.distribution import Uniforms
 
 MASK = 0xFFFFFFFF
 STREAMS = 3  # uniforms per drawn value: the mixture component, the radius and the angle of the Student-T draw
@@ -48,19 +50,6 @@ def series_key(seed: int, *parts: Any) -> int:
 def series_keys(seed: int, names: Sequence[Sequence[Any]]) -> Int[Tensor, " series"]:
     """:func:`series_key` of each series' parts, as an int64 tensor."""
     return torch.tensor([series_key(seed, *parts) for parts in names], dtype=torch.long)
-
-
-class Uniforms(NamedTuple):
-    """Three independent uniforms per drawn value, shaped like the draws.
-
-    ``radius`` and ``radius_complement`` are ``p`` and ``1 - p`` of one uniform, each
-    computed from the integer so that both keep full relative precision near 0.
-    """
-
-    component: Float[Tensor, "..."]  # in [0, 1), 24 bits, as torch.rand
-    radius: Float[Tensor, "..."]  # in (0, 1)
-    radius_complement: Float[Tensor, "..."]  # 1 - radius
-    angle: Float[Tensor, "..."]  # in [0, 1), 24 bits
 
 
 def keyed_uniforms(

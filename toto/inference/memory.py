@@ -30,6 +30,7 @@ from typing import Iterable, Protocol
 import torch
 
 from ..model.backbone import TotoBackbone
+from .capacity import bucket_capacity, decode_capacity
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
 # Copies of the sample paths alive at once: the decoded patches and their concatenation
@@ -88,8 +89,6 @@ def estimate_memory(
 
 def _kv_cache_bytes(model: TotoBackbone, rows: int, context_patches: int, steps: int, *, sampled: bool) -> int:
     """Keys and values of every time-wise layer: the context's rows and, when sampling, one sample row each."""
-    from .forecaster import bucket_capacity, decode_capacity  # lazily: the forecaster imports this module
-
     config = model.config
     layers = max(1, model.transformer.num_time_layers)  # KVCache keeps at least one layer
     per_slot = 2 * layers * rows * config.num_heads * config.head_dim * _model_itemsize(model)

@@ -12,7 +12,7 @@ there the Student-T draw is Bailey's polar method, which needs exactly two.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +20,18 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-if TYPE_CHECKING:
-    from ..inference.keyed_random import Uniforms
+
+class Uniforms(NamedTuple):
+    """Three independent uniforms per drawn value, shaped like the draws.
+
+    ``radius`` and ``radius_complement`` are ``p`` and ``1 - p`` of one uniform, each
+    computed from the integer so that both keep full relative precision near 0.
+    """
+
+    component: Float[Tensor, "..."]  # in [0, 1), 24 bits, as torch.rand
+    radius: Float[Tensor, "..."]  # in (0, 1)
+    radius_complement: Float[Tensor, "..."]  # 1 - radius
+    angle: Float[Tensor, "..."]  # in [0, 1), 24 bits
 
 
 class MixtureOfStudentT(Distribution):

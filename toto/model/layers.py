@@ -61,3 +61,15 @@ def column_major(weight: Tensor) -> Tensor:
     if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
         return weight.t().contiguous().t()
     return weight
+
+
+def column_major_linear_weights(model: torch.nn.Module) -> None:
+    """On CPU, store float32 ``nn.Linear`` weights column-major (:func:`column_major`).
+
+    A prefill of one series (all of S1's matrix products) gains the most. ``state_dict()``
+    then holds non-contiguous tensors: call ``.contiguous()`` before writing them with
+    safetensors.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data = column_major(module.weight.data)

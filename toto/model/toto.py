@@ -13,11 +13,11 @@ from ..checkpoints.reading import (
     DEFAULT_MODEL_ID,
     VARIATE_LABEL_KEYS,
     check_weights,
-    column_major_linear_weights,
     read_checkpoint,
     resolve_checkpoint,
 )
 from .backbone import TotoBackbone
+from .layers import column_major_linear_weights
 
 
 class Toto(nn.Module):

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..checkpoints.reading import column_major_linear_weights
+from ..model.layers import column_major_linear_weights
 from ..model.backbone import TotoBackbone
 from ..arguments import check_int, is_real_number
 from .step import (

@@ -1,26 +1,10 @@
 """GPU check: parity against upstream on CUDA, bfloat16 accuracy, compile health under CUDA graphs.
 
-Run through scripts/gpu_check.sh on a machine with a GPU (it also runs
-``toto-compiled check --quick`` and the benchmarks). Each part prints its time
-and PASSED or FAILED; a failing part does not stop the later ones. Exits 1 if
-any part failed, 2 if CUDA was asked for and is missing.
+Stage 2 of scripts/gpu_check.sh. Each part prints its time and PASSED or FAILED and is cut
+after ``--part-timeout`` seconds; a failing part does not stop the later ones. Exit 1 if any
+part failed, 2 if CUDA was asked for and is missing. Rehearse without a GPU:
 
-    python scripts/gpu_check.py                         # full size, on CUDA
-    python scripts/gpu_check.py --device cpu --tiny     # rehearsal: same code paths, tiny model, no GPU
-
-Parts:
-- parity: ours float32 against upstream, forward outputs and mean forecasts,
-  eager on every parity scenario, compiled (last: it compiles a new shape) on
-  ``--compiled-scenarios``;
-- bf16 accuracy: the bfloat16 model's mean forecast against float32's, within
-  ``--bf16-bound`` (max |bf16 - fp32| / max |fp32|), compiled on
-  ``--compiled-scenarios`` and eager on all;
-- compile health: ``compile_prefill=True``; after a warm-up at the longest context,
-  contexts of 1, 7 and 16 patches with a one-patch horizon (prefill and first draw),
-  and of 1, 7 and 14 with three patches (decode steps too), all in one 16-patch
-  capacity bucket, must run with 0 new graphs, 0 recompiles, 0 graph breaks and 0
-  CUDA-graph skips under ``torch.compiler.set_stance("fail_on_recompile")``, mean
-  path and sample paths alike.
+    python scripts/gpu_check.py --device cpu --tiny
 """
 
 from __future__ import annotations
@@ -45,10 +29,10 @@ from checkpoints import PUBLISHED_CONFIG, TINY_CONFIG, write_checkpoint  # noqa:
 from parity_inputs import scenario  # noqa: E402
 
 from toto import MaskedTimeseries, Toto, TotoForecaster  # noqa: E402
-from toto.commands.bench import inputs, load_upstream  # noqa: E402
+from toto.commands.bench.runners import RunnerTimeout, inputs, load_upstream, time_limit  # noqa: E402
+from toto.compile.health import steady_state  # noqa: E402
 from toto.data.util.dataset import pad_array, pad_id_mask  # noqa: E402
-from toto.compile.diagnostics import CompileStats, snapshot  # noqa: E402
-from toto.inference.forecaster import bucket_capacity  # noqa: E402
+from toto.inference.capacity import bucket_capacity  # noqa: E402
 
 PARITY_SCENARIOS = "univariate,multivariate_groups,large_magnitude,left_padding"
 # univariate and large_magnitude have one shape, so they share compiled graphs: two
@@ -60,6 +44,8 @@ BF16_BOUND = 2e-2
 HEALTH_SAMPLES = 64  # check --quick's sample count: the same decode graphs, so inductor's cache can serve them
 # (horizon in patches, contexts in patches): every context of a case in one capacity bucket.
 HEALTH_CASES = ((1, (1, 7, 16)), (3, (1, 7, 14)))  # prefill and first draw only; then decode steps too
+HEALTH_MIN_GRAPHS = 3  # prefill and both decode-step kinds
+PART_TIMEOUT = 60  # seconds per part on CUDA (stage 2 of gpu_check.sh gives the script 125); none on a CPU
 
 
 @dataclass
@@ -174,7 +160,9 @@ def fallback_failures(forecaster: TotoForecaster) -> list[str]:
 
 @torch.no_grad()
 def compile_health(m: Models, device: str) -> list[str]:
-    """Warm up at each case's longest context; then every context of the case must reuse those graphs."""
+    """``compile_prefill=True``; warm up at each case's longest context (twice: reduce-overhead records
+    CUDA graphs on the second run), then every context of each case, twice, under ``fail_on_recompile``:
+    0 new graphs, recompiles, graph breaks and CUDA-graph skips, mean path and sample paths alike."""
     torch._dynamo.reset()
     forecaster = compiled_forecaster(m.ours)
     patch = m.patch
@@ -183,44 +171,32 @@ def compile_health(m: Models, device: str) -> list[str]:
         assert len(buckets) == 1, f"contexts {contexts} with {steps} steps span buckets {buckets}"
     series = {c: inputs(MaskedTimeseries, c * patch, device) for _, contexts in HEALTH_CASES for c in contexts}
 
-    def both_kinds(context: int, steps: int) -> None:  # the mean path, then sample paths
-        forecaster.forecast(series[context], steps * patch)
-        samples = {"num_samples": HEALTH_SAMPLES, "samples_per_batch": HEALTH_SAMPLES}
-        forecaster.forecast(series[context], steps * patch, **samples)
+    def both_kinds(context: int, steps: int) -> Callable[[], None]:  # the mean path, then sample paths
+        def call() -> None:
+            forecaster.forecast(series[context], steps * patch)
+            samples = {"num_samples": HEALTH_SAMPLES, "samples_per_batch": HEALTH_SAMPLES}
+            forecaster.forecast(series[context], steps * patch, **samples)
 
-    before = snapshot()
-    for _ in range(2):  # compile, then record the CUDA graphs (reduce-overhead records on the second run)
-        for steps, contexts in HEALTH_CASES:
-            both_kinds(contexts[-1], steps)
-    warm = snapshot() - before
-    print(f"compile health (mode {forecaster.compile_settings.mode}, compile_prefill=True): warm-up {warm}")
-    with torch.compiler.set_stance("fail_on_recompile"):
-        for _ in range(2):
-            for steps, contexts in HEALTH_CASES:
-                for context in contexts:
-                    both_kinds(context, steps)
-    steady = snapshot() - before - warm
-    print(f"compile health: steady state, contexts {[c for _, cs in HEALTH_CASES for c in cs]} patches: {steady}")
-    return health_failures(warm, steady) + fallback_failures(forecaster)
+        return call
+
+    warmup = [both_kinds(contexts[-1], steps) for steps, contexts in HEALTH_CASES]
+    calls = [both_kinds(context, steps) for steps, contexts in HEALTH_CASES for context in contexts]
+    health = steady_state(calls, warmup=warmup, warmup_rounds=2, rounds=2, catch=True)
+    print(f"compile health (mode {forecaster.compile_settings.mode}, compile_prefill=True): warm-up {health.warm}")
+    contexts = [c for _, cs in HEALTH_CASES for c in cs]
+    print(f"compile health: steady state, contexts {contexts} patches: {health.steady} {health.error}".rstrip())
+    return health.problems(min_warm_graphs=HEALTH_MIN_GRAPHS) + fallback_failures(forecaster)
 
 
-def health_failures(warm: CompileStats, steady: CompileStats) -> list[str]:
-    failures = []
-    if warm.graphs < 3:
-        failures.append(f"warm-up compiled {warm.graphs} graphs; expected at least prefill and both decode steps")
-    if warm.graph_breaks or warm.cudagraph_skips:
-        failures.append(f"warm-up: graph breaks or CUDA-graph skips: {warm}")
-    if steady != CompileStats():
-        failures.append(f"steady state not clean (want all 0): {steady}")
-    return failures
-
-
-def run_part(name: str, part: Callable[..., list[str]], *args: Any) -> list[str]:
-    """Run one part, timed; an exception is that part's failure, not the end of the script."""
+def run_part(name: str, timeout: float | None, part: Callable[..., list[str]], *args: Any) -> list[str]:
+    """Run one part, timed and cut after ``timeout`` seconds; an exception is that part's failure, not the end."""
     print(f"\n--- {time.strftime('%H:%M:%S')} {name}", flush=True)
     start = time.perf_counter()
     try:
-        failures = part(*args)
+        with time_limit(timeout):
+            failures = part(*args)
+    except RunnerTimeout:
+        failures = [f"timed out after {timeout:g} s"]
     except Exception as err:  # noqa: BLE001 - report and go on with the next part
         traceback.print_exc()
         failures = [f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"]
@@ -240,6 +216,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--parity-scenarios", default=PARITY_SCENARIOS, type=names, help="default: %(default)s")
     parser.add_argument("--compiled-scenarios", default=COMPILED_SCENARIOS, type=names, help="default: %(default)s")
     parser.add_argument("--bf16-bound", type=float, default=BF16_BOUND, help="default: %(default)s")
+    parser.add_argument(
+        "--part-timeout", type=float, metavar="S",
+        help=f"cut a part after S seconds and go on with the next; 0: no limit (default: {PART_TIMEOUT} on CUDA, "
+        "none on a CPU)",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -252,6 +233,8 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # parity bounds are float32's
         torch.backends.cudnn.allow_tf32 = False
         print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, TF32 off")
+    if args.part_timeout is None:
+        args.part_timeout = PART_TIMEOUT if args.device == "cuda" else 0
     compiled_names = [n for n in args.compiled_scenarios if n in args.parity_scenarios]
     m = load_models(TINY_CONFIG if args.tiny else PUBLISHED_CONFIG, args.device)
     # Cheapest and most important first: compile health reuses check --quick's graphs
@@ -266,7 +249,7 @@ def main() -> int:
     failures: list[str] = []
     try:
         for name, part, part_args in parts:
-            failures += run_part(name, part, *part_args)
+            failures += run_part(name, args.part_timeout, part, *part_args)
     except KeyboardInterrupt:  # e.g. gpu_check.sh's time limit: say what was checked so far
         failures.append(f"interrupted during {name}")
     print("\nparity, bf16 accuracy and compile health:", "PASSED" if not failures else "FAILED", flush=True)

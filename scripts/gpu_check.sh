@@ -1,58 +1,104 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one device call of at most 8 minutes on an H100/H200.
-# Phases, most important first, each capped (seconds; the caps add up to 8 minutes):
-#   1. toto-compiled check --quick --device cuda                                         95
-#   2. scripts/gpu_check.py: parity on CUDA (TF32 off), bf16 accuracy, compile health
-#      with compile_prefill=True under CUDA graphs                                       125
-#   3. benchmark, float32: ours eager and compiled, upstream eager                       100
-#   4. benchmark, bfloat16: the same runners, ours in bf16 (upstream stays float32)       70
-#   5. benchmark S4 (256 series per call), bfloat16: ours compiled only, series/s;
-#      all 256 series in one batch, so one prefill graph to compile (target 2,000/s)      50
-#   6. benchmark, float32, S1: upstream compiled (reduce-overhead) and upstream eager     40
-# Memory: each benchmark row's "peak MiB" (torch.cuda.max_memory_allocated, reset per runner).
-# S4's upstream baseline and its --s4-memory check (two more processes, each compiling) are
-# left out for time; run them on their own, e.g. `python scripts/bench.py --device cuda
-# --scenarios S4 --runners upstream-eager,ours-compiled --dtype bfloat16 --s4-batch-size 256`.
-# ours-compiled-prefill is left out: on CUDA ours-compiled already compiles prefill (the
-# default). Upstream compiled runs alone, last: it may be slow, and a CUDA error there would
-# spoil the process it runs in. A first compile of a full-size graph takes ~30 s on a GPU;
-# each new shape or dtype is a new graph, hence the narrow defaults.
-#
-# Each phase runs under `timeout` (SIGINT first: Python shows where it was, the benchmark
-# prints its partial table) and prints its start, end and duration. A failing or cut phase
-# does not stop the later ones; the script exits 1 at the end if any failed.
-#
-# Extra arguments go to every benchmark run, after the defaults (so they win), e.g.
-# --scenarios S2,S3; in the S4 phase they come first, so its own options (scenario, runner,
-# dtype, repeats, batch size) stay.
-# Environment: PARITY_SCENARIOS, COMPILED_SCENARIOS (gpu_check.py's lists), LIMIT_CHECK,
-# LIMIT_PARITY, LIMIT_BENCH, LIMIT_BENCH_BF16, LIMIT_S4, LIMIT_UPSTREAM (seconds),
-# GIT_COMMIT (printed where the copy has no .git). Benchmark JSON goes to $OUT (or /tmp).
-# The oracle's extra dependencies travel as wheels in .whl/ (see docs/PERFORMANCE.md); the
-# oracle itself in .oracle/ (python scripts/install_oracle.py). Never pipe this script's
-# output through grep/tee/sort: a run killed at its limit then shows nothing.
+# Everything that needs a GPU, in three stages of at most 4 minutes each on one H100, run as
+# separate device calls, most important first (docs/PERFORMANCE.md, "GPU check in stages"):
+#   --stage 1  toto-compiled check --quick --device cuda; benchmark float32 S1-S3
+#   --stage 2  scripts/gpu_check.py (parity, bf16 accuracy, compile health under CUDA graphs);
+#              benchmark bfloat16 S1-S3
+#   --stage 3  S4 in bfloat16 (ours compiled, 256 series per batch); upstream compiled on S1;
+#              S4's upstream-eager baseline
+# --dry: the same stage on the CPU at tiny sizes, time limits x5, to rehearse the plumbing without a GPU.
+# Each sub-step runs under `timeout` (SIGINT first: the benchmark prints its partial table),
+# its limit in the table below (LIMIT_<NAME> overrides); a failing or cut sub-step does not
+# stop the next. Every line goes to stdout and, as it comes, to $OUT/stage<N>.log; each
+# sub-step's result line to $OUT/stage<N>.txt when it ends; benchmark JSON to $OUT/*.json.
+# $OUT defaults to ./gpu_check_out. Extra arguments go to every benchmark run, after the
+# defaults (so they win), except in the S4 runs, where the stage's own options come last.
+# The oracle's extra dependencies travel as wheels in .whl/, the oracle itself in .oracle/.
+# Never pipe this script's output through a block-buffering filter (grep without
+# --line-buffered, sort): a run killed at its limit then shows nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-RESULTS=${OUT:-/tmp}
+RESULTS=${OUT:-$PWD/gpu_check_out}
+
+usage() {
+    echo "usage: bash scripts/gpu_check.sh --stage 1|2|3|all [--dry] [BENCH_ARGS...]" >&2
+    exit 2
+}
+stage="" dry=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --stage) [ $# -ge 2 ] || usage; stage=$2; shift 2 ;;
+        --stage=*) stage=${1#--stage=}; shift ;;
+        --dry) dry=1; shift ;;
+        *) break ;;
+    esac
+done
+case $stage in 1 | 2 | 3 | all) ;; *) echo "gpu_check.sh: error: --stage must be 1, 2, 3 or all, got '${stage}'" >&2; usage ;; esac
+mkdir -p "$RESULTS" || exit 2
 failed=()
 
-phase() {  # phase NAME LIMIT_S COMMAND...: run it timed and bounded; record a failure, never stop
-    local name=$1 limit=$2 start=$SECONDS rc=0
-    shift 2
-    echo
-    echo "=== $(date +%T) $name (limit ${limit} s)"
-    timeout --signal=INT --kill-after=5 "$limit" "$@" || rc=$?
-    echo "=== $(date +%T) $name: exit $rc after $((SECONDS - start)) s$([ "$rc" = 124 ] && echo ' (TIMED OUT)')"
-    [ "$rc" = 0 ] || failed+=("$name (exit $rc)")
+# Seconds per sub-step on one H100; each stage's limits add up to 200 s, leaving 40 s of the
+# 4 minutes for start-up (wheels, imports) and the kill grace of `timeout`.
+declare -A LIMIT=(
+    [check]=${LIMIT_CHECK:-90} [bench_f32]=${LIMIT_BENCH:-110}
+    [parity]=${LIMIT_PARITY:-125} [bench_bf16]=${LIMIT_BENCH_BF16:-75}
+    [s4]=${LIMIT_S4:-90} [upstream]=${LIMIT_UPSTREAM:-45} [s4_baseline]=${LIMIT_S4_BASELINE:-65}
+)
+
+say() {  # a line to stdout and the stage's log
+    echo "$*" | tee -a "$LOG"
 }
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown (no .git in this copy)}")
-[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit + uncommitted changes"
-echo "commit: $commit"
-echo "date: $(date -u)"
-echo "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+phase() {  # phase NAME LIMIT_S COMMAND...: run it bounded, streamed to the log; record its result line
+    local name=$1 limit=$2 start=$SECONDS rc=0 verdict
+    shift 2
+    say ""
+    say "=== $(date +%T) $name (limit ${limit} s)"
+    # tee copies each line as it comes (PYTHONUNBUFFERED=1): a cut run leaves its partial output.
+    timeout --signal=INT --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    case $rc in 0) verdict=passed ;; 124) verdict="TIMED OUT" ;; *) verdict=FAILED ;; esac
+    say "=== $(date +%T) $name: exit $rc after $((SECONDS - start)) s ($verdict)"
+    echo "| $stage_now | $name | $verdict | exit $rc | $((SECONDS - start)) s of ${limit} s |" >>"$SUMMARY"
+    [ "$rc" = 0 ] || failed+=("stage $stage_now: $name (exit $rc)")
+}
+
+bench() {  # bench NAME LIMIT_S ARGS...: one benchmark run, its JSON under $RESULTS
+    local name=$1 limit=$2
+    shift 2
+    phase "$name" "$limit" $PY scripts/bench.py --device "$DEVICE" --repeats "$REPEATS" \
+        --json "$RESULTS/${name// /_}.json" "${SIZE[@]}" "$@"
+}
+
+if [ "$dry" = 1 ]; then
+    DEVICE=cpu REPEATS=1 SCALE=5  # compiling on a CPU is slow
+    for step in "${!LIMIT[@]}"; do LIMIT[$step]=$((LIMIT[$step] * SCALE)); done
+    TINY=$RESULTS/tiny_checkpoint
+    $PY - "$TINY" <<'EOF' || exit 2
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from checkpoints import TINY_CONFIG, write_checkpoint
+folder = Path(sys.argv[1])
+if not (folder / "config.json").is_file():
+    write_checkpoint(folder, TINY_CONFIG, seed=0)
+(folder.parent / "tiny_config.json").write_text(json.dumps(TINY_CONFIG))
+EOF
+    SIZE=(--config "$RESULTS/tiny_config.json" --scenarios S1)
+    S4_SIZE=(--s4-series 4 --s4-max-context 100 --s4-batch-size 4)
+    CHECK=(--model "$TINY")
+    PARITY=(--tiny)
+else
+    DEVICE=cuda REPEATS=3 SCALE=1 SIZE=() CHECK=() PARITY=()
+    S4_SIZE=(--s4-batch-size 256)  # all 256 series in one batch: one prefill graph to compile
+fi
+torch_line=$($PY -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}')")
+if [ "$dry" = 0 ] && [[ $torch_line != *"available True" ]]; then
+    echo "gpu_check.sh: error: CUDA is not available ($torch_line); rehearse on the CPU with --dry" >&2
+    exit 2
+fi
 
 if [ -d .whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -60,31 +106,54 @@ if [ -d .whl ]; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-$PY -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}')"
 
-bench() {  # bench NAME LIMIT_S ARGS...: one benchmark run on CUDA, its JSON under $RESULTS
-    local name=$1 limit=$2
-    shift 2
-    phase "$name" "$limit" $PY scripts/bench.py --device cuda --repeats 3 --json "$RESULTS/${name// /_}.json" "$@"
+stage1() {
+    phase "check --quick" "${LIMIT[check]}" $PY -m toto.cli check --quick --device "$DEVICE" "${CHECK[@]}"
+    bench "bench float32" "${LIMIT[bench_f32]}" --dtype float32 --runners upstream-eager,ours-eager,ours-compiled \
+        --runner-timeout $((45 * SCALE)) "$@"
 }
 
-phase "check --quick" "${LIMIT_CHECK:-95}" $PY -m toto.cli check --quick --device cuda
-phase "parity, bf16 accuracy, compile health" "${LIMIT_PARITY:-125}" $PY scripts/gpu_check.py \
-    ${PARITY_SCENARIOS:+--parity-scenarios "$PARITY_SCENARIOS"} \
-    ${COMPILED_SCENARIOS:+--compiled-scenarios "$COMPILED_SCENARIOS"}
-ours=upstream-eager,ours-eager,ours-compiled
-bench "bench float32" "${LIMIT_BENCH:-100}" --dtype float32 --runners "$ours" "$@"
-bench "bench bfloat16" "${LIMIT_BENCH_BF16:-70}" --dtype bfloat16 --runners "$ours" "$@"
-# S4: the first call compiles (about 30 s for a full-size graph) and is not timed; two timed calls.
-bench "bench S4 bfloat16" "${LIMIT_S4:-50}" "$@" --repeats 2 --dtype bfloat16 --scenarios S4 \
-    --runners ours-compiled --s4-batch-size 256
-# One scenario and 25 s: enough to see whether it works under CUDA graphs at all.
-bench "bench upstream compiled" "${LIMIT_UPSTREAM:-40}" --dtype float32 --scenarios S1 \
-    --runners upstream-eager,upstream-compiled --runner-timeout 25 "$@"
+stage2() {
+    phase "parity, bf16 accuracy, compile health" "${LIMIT[parity]}" $PY scripts/gpu_check.py --device "$DEVICE" \
+        "${PARITY[@]}" ${PARITY_SCENARIOS:+--parity-scenarios "$PARITY_SCENARIOS"} \
+        ${COMPILED_SCENARIOS:+--compiled-scenarios "$COMPILED_SCENARIOS"}
+    bench "bench bfloat16" "${LIMIT[bench_bf16]}" --dtype bfloat16 --runners upstream-eager,ours-eager,ours-compiled \
+        --runner-timeout $((30 * SCALE)) "$@"
+}
+
+stage3() {
+    # S4: the first call compiles (about 30 s for a full-size graph) and is not timed; two timed calls.
+    bench "bench S4 bfloat16" "${LIMIT[s4]}" "$@" --repeats 2 --dtype bfloat16 --scenarios S4 \
+        --runners ours-compiled "${S4_SIZE[@]}" --runner-timeout $((75 * SCALE))
+    # One scenario and 25 s: enough to see whether upstream works under CUDA graphs at all.
+    bench "bench upstream compiled" "${LIMIT[upstream]}" --dtype float32 --scenarios S1 \
+        --runners upstream-eager,upstream-compiled --runner-timeout $((30 * SCALE)) "$@"
+    bench "bench S4 upstream baseline" "${LIMIT[s4_baseline]}" "$@" --repeats 1 --dtype float32 --scenarios S4 \
+        --runners upstream-eager "${S4_SIZE[@]}" --runner-timeout $((55 * SCALE))
+}
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown (no .git in this copy)}")
+[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit + uncommitted changes"
+gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "none")
+stages=$stage
+[ "$stage" = all ] && stages="1 2 3"
+for stage_now in $stages; do
+    LOG=$RESULTS/stage$stage_now.log SUMMARY=$RESULTS/stage$stage_now.txt
+    : >"$LOG"
+    {
+        echo "stage $stage_now$([ "$dry" = 1 ] && echo ' (dry run: CPU, tiny sizes)'); commit: $commit"
+        echo "date: $(date -u); gpu: $gpu"
+        echo "| stage | step | result | exit | time |"
+        echo "|---|---|---|---|---|"
+    } >"$SUMMARY"
+    say "stage $stage_now; commit: $commit; date: $(date -u); gpu: $gpu"
+    say "$torch_line"
+    "stage$stage_now" "$@"
+done
 echo
-echo "=== $(date +%T) done in $SECONDS s"
+echo "=== $(date +%T) done in $SECONDS s; results in $RESULTS"
 if [ "${#failed[@]}" -gt 0 ]; then
     printf 'FAILED: %s\n' "${failed[@]}"
     exit 1
 fi
-echo "all phases passed"
+echo "all steps passed"

@@ -1,21 +1,13 @@
-"""Compile health in steady state: what repeating a warm set of calls compiles, recompiles or breaks."""
+"""Compile health in steady state for tests: what repeating a warm set of calls compiles, recompiles or breaks."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import torch
+from toto.compile.diagnostics import CompileStats
+from toto.compile.health import steady_state as health
 
-from toto.compile.diagnostics import snapshot
 
-
-def steady_state(calls: Iterable[Callable[[], object]]):
-    """Run ``calls`` once to warm up, then again under ``fail_on_recompile``; the counters' change in the second round."""
-    calls = list(calls)
-    for call in calls:
-        call()
-    before = snapshot()
-    with torch.compiler.set_stance("fail_on_recompile"):
-        for call in calls:
-            call()
-    return snapshot() - before
+def steady_state(calls: Iterable[Callable[[], object]]) -> CompileStats:
+    """Run ``calls`` once to warm up, then again under ``fail_on_recompile`` (a recompile raises); the second round's counters."""
+    return health(list(calls)).steady

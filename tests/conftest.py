@@ -9,6 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from checkpoints import PUBLISHED_CONFIG, TINY_CONFIG, write_checkpoint  # noqa: E402
+from compile_backends import HEALTH  # noqa: E402
 from oracle import import_oracle  # noqa: E402
 
 from toto import Toto  # noqa: E402
@@ -47,6 +48,19 @@ def broken_torch_compile(monkeypatch):
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
+
+
+@pytest.fixture
+def health_backend(monkeypatch):
+    """``torch.compile`` on the health backend unless a caller names one: for code with no backend
+    option (the training step), in tests that check what dynamo does, not inductor's kernels."""
+    compile = torch.compile
+
+    def health_compile(model=None, **options):
+        options.setdefault("backend", HEALTH)
+        return compile(model, **options)
+
+    monkeypatch.setattr(torch, "compile", health_compile)
 
 
 _PARITY_FIGURES: dict[str, float] = {}

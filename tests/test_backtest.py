@@ -13,6 +13,7 @@ pd = pytest.importorskip("pandas")
 from toto import TotoPipeline  # noqa: E402
 from toto.evaluation import backtest, seasonality_of  # noqa: E402
 from toto.evaluation.backtest import (  # noqa: E402
+    BacktestOptions,
     BacktestParts,
     _Scored,
     finish_backtest,
@@ -20,6 +21,7 @@ from toto.evaluation.backtest import (  # noqa: E402
     score_items,
     totals_columns,
 )
+from toto.frames.options import FrameOptions  # noqa: E402
 from toto.evaluation.metrics import interval_coverage, mae, mase, rmse, wql  # noqa: E402
 
 LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -315,7 +317,9 @@ def test_split_items_finish_like_the_whole(pipeline, shares):
     replay = Replay(pipeline)
     options = dict(prediction_length=20, windows=3, stride=10, quantile_levels=LEVELS, num_samples=32, seed=0)
     whole = backtest(replay, df, **options)
-    parts = [score_items(replay, df[df.item_id.isin(share)], **options) for share in shares]
+    frame = FrameOptions(prediction_length=20, quantile_levels=LEVELS, num_samples=32, seed=0)
+    parts = [score_items(replay, df[df.item_id.isin(share)], frame, BacktestOptions(windows=3, stride=10))
+             for share in shares]  # fmt: skip
     split = finish_backtest(parts)
 
     totals = pd.concat([part.totals for part in parts], ignore_index=True)
@@ -350,7 +354,7 @@ def test_split_items_finish_like_the_whole(pipeline, shares):
 
 def test_finish_backtest_rejects_parts_that_do_not_add_up(pipeline):
     df = panel([60, 70])
-    part, other = (score_items(pipeline, df[df.item_id == item], prediction_length=12, num_samples=4)
+    part, other = (score_items(pipeline, df[df.item_id == item], FrameOptions(prediction_length=12, num_samples=4))
                    for item in ("s0", "s1"))  # fmt: skip
     with pytest.raises(ValueError, match="disjoint items"):
         finish_backtest([part, part])

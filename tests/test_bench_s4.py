@@ -13,14 +13,9 @@ import torch
 
 from checkpoints import TINY_CONFIG
 from toto.cli import main
-from toto.commands.bench import (
-    S4Settings,
-    autogluon_batches,
-    s4_speed_ups,
-    s4_workload,
-    series_per_second,
-    table,
-)
+from toto.commands.bench.report import s4_speed_ups, table
+from toto.commands.bench.s4 import autogluon_batches, s4_workload, series_per_second
+from toto.commands.bench.settings import S4Settings
 from toto.data.util.dataset import MaskedTimeseries
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ def parse(text: str) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def stats(row: dict[str, str]) -> list[float]:
-    return [float(v) for k, v in row.items() if k == "mean" or k.startswith("q")]
+    return [float(v) for k, v in row.items() if k not in ("series", "step", "timestamp")]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_single_column_with_iso_timestamps(tmp_path, capsys, tiny_checkpoint):
 
     assert code == 0, err
     header, records = parse(out)
-    assert header == ["series", "step", "timestamp", "mean", "q0.1", "q0.5", "q0.9"]
+    assert header == ["series", "step", "timestamp", "mean", "0.1", "0.5", "0.9"]
     assert len(records) == H
     assert [r["series"] for r in records] == ["load"] * H
     assert [int(r["step"]) for r in records] == list(range(1, H + 1))
@@ -111,7 +111,7 @@ def test_multivariate_matches_the_pipeline(tmp_path, capsys, tiny_checkpoint, pi
 
     assert code == 0, err
     header, records = parse(out)
-    assert header == ["series", "step", "timestamp", "mean", "q0.05", "q0.5"]
+    assert header == ["series", "step", "timestamp", "mean", "0.05", "0.5"]
     assert len(records) == H * len(names)
     assert [r["series"] for r in records] == [name for name in names for _ in range(H)]
     # Same series through the library: columns are variates, in order, of one multivariate series.
@@ -123,7 +123,7 @@ def test_multivariate_matches_the_pipeline(tmp_path, capsys, tiny_checkpoint, pi
 
 
 def test_missing_cells_are_masked(tmp_path, capsys, tiny_checkpoint, pipeline):
-    spellings = ["", "nan", "NaN", "NA", "null", " NULL "]
+    spellings = ["", "nan", "NaN", "NA", "null", "n/a"]  # as pandas reads them, in long files too
     holes = {3: 0, 8: 1, 15: 2, 16: 3, 30: 4, 31: 5}  # row -> spelling
     cells = [spellings[holes[i]] if i in holes else wave(i) for i in range(N)]
     path = write_csv(tmp_path / "in.csv", ["y"], [[c] for c in cells])
@@ -148,7 +148,7 @@ def test_columns_subset_without_timestamps(tmp_path, capsys, tiny_checkpoint):
 
     assert code == 0, err
     header, records = parse(out)
-    assert header == ["series", "step", "mean", "q0.1", "q0.5", "q0.9"]
+    assert header == ["series", "step", "mean", "0.1", "0.5", "0.9"]
     assert [r["series"] for r in records] == ["c"] * 5 + ["a"] * 5
 
 
@@ -287,9 +287,9 @@ def test_console_script_end_to_end(tmp_path, tiny_checkpoint, columns):
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     header, records = parse(output.read_text())
-    assert header == ["series", "step", "timestamp", "mean", "q0.1", "q0.5", "q0.9"]
+    assert header == ["series", "step", "timestamp", "mean", "0.1", "0.5", "0.9"]
     assert [r["series"] for r in records] == [name for name in columns for _ in range(3)]
     expected = [f"2024-02-{10 + k}T00:00:00+00:00" for k in range(3)]
     assert [r["timestamp"] for r in records] == expected * len(columns)
     for r in records:
-        assert float(r["q0.1"]) <= float(r["q0.5"]) <= float(r["q0.9"]) and math.isfinite(float(r["mean"]))
+        assert float(r["0.1"]) <= float(r["0.5"]) <= float(r["0.9"]) and math.isfinite(float(r["mean"]))

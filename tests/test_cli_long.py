@@ -420,7 +420,7 @@ def test_wide_forecast_output_is_atomic(tmp_path, capsys, tiny_checkpoint, monke
     code, _, err = cli(capsys, tiny_checkpoint, "forecast", "--input", str(path), "--prediction-length", "3",
                        "--output", str(out))
     assert code == 0, err
-    assert out.read_text().startswith("series,step,mean,q0.1") and leftovers(tmp_path) == []
+    assert out.read_text().startswith("series,step,mean,0.1") and leftovers(tmp_path) == []
 
 
 def test_backtest_outputs_all_or_nothing(tmp_path, capsys, tiny_checkpoint, monkeypatch):

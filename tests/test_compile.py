@@ -1,4 +1,7 @@
-"""Compile health of the decode step (deterministic counts, tiny model) and compiled-vs-eager equality."""
+"""Compile health of the decode step (deterministic counts, tiny model) and compiled-vs-eager equality.
+
+Counts run on the cheap health backend (compile_backends.py); the numerics test on inductor.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import logging
 
 import pytest
 import torch
+from compile_backends import HEALTH
 
 from toto import MaskedTimeseries, Toto, TotoForecaster
 from toto.compile.policy import CompiledFunction, CompileSettings
@@ -60,7 +64,7 @@ def recompile_limit_warnings():
 
 
 def test_decode_steps_compile_once_and_never_again(model, recompile_limit_warnings):
-    forecaster = TotoForecaster(model, torch_compile=True)
+    forecaster = TotoForecaster(model, torch_compile=True, compile_backend=HEALTH)
     before = snapshot()
     forecaster.forecast(masked(100), 80, num_samples=20, samples_per_batch=8)  # sample step
     forecaster.forecast(masked(100), 80)  # mean step
@@ -82,7 +86,7 @@ def test_decode_steps_compile_once_and_never_again(model, recompile_limit_warnin
 def test_backtest_with_varying_context_stays_within_buckets(model, recompile_limit_warnings):
     """24 windows, contexts 300..2000: graphs are bounded by the capacity buckets they touch."""
     patch, horizon = model.patch_size, 48
-    forecaster = TotoForecaster(model, torch_compile=True)
+    forecaster = TotoForecaster(model, torch_compile=True, compile_backend=HEALTH)
     contexts = torch.linspace(300, 2000, 24).long().tolist()
     steps = -(-horizon // patch)
     buckets = {bucket_capacity(-(-c // patch) + steps - 1) for c in contexts}
@@ -117,7 +121,7 @@ def test_compiled_equals_eager_at_the_same_seed(model, num_samples):
 @torch.no_grad()
 def test_directly_compiled_backbone_does_not_storm(model, recompile_limit_warnings):
     """Upstream-style loop: torch.compile(backbone), a KV cache, the series grown by one patch per call."""
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, backend=HEALTH)
     patch, context = model.patch_size, 4 * model.patch_size
     inputs = masked(context)
     series, observed, ids = inputs.series, inputs.padding_mask, inputs.id_mask
@@ -139,7 +143,7 @@ def test_directly_compiled_backbone_does_not_storm(model, recompile_limit_warnin
 @torch.no_grad()
 def test_compiled_prefill_is_one_static_graph_per_bucket(model, recompile_limit_warnings):
     """Prefill compiled with static shapes: contexts in one bucket share its graph; a new bucket adds one."""
-    compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True)
+    compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True, compile_backend=HEALTH)
     eager = TotoForecaster(model, torch_compile=False)
     before = snapshot()
     for length in (70, 130, 300):  # 5 and 9 patches share bucket 16; 19 patches need bucket 32
@@ -192,3 +196,17 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("TOTO_COMPILE", "maybe")
     with pytest.raises(ValueError, match="TOTO_COMPILE"):
         CompileSettings.resolve(compile_mode="default")
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    """``torch.compile`` recording its keyword arguments and compiling nothing."""
+    calls: list[dict] = []
+    monkeypatch.setattr(torch, "compile", lambda model=None, **options: calls.append(options) or model)
+    return calls
+
+
+def test_health_backend_fixture_sets_only_the_default_backend(compile_calls, health_backend):
+    torch.compile(abs, fullgraph=True, dynamic=False)  # the training step's call: no backend named
+    torch.compile(abs, backend="inductor")
+    assert compile_calls == [{"fullgraph": True, "dynamic": False, "backend": HEALTH}, {"backend": "inductor"}]

@@ -19,7 +19,7 @@ from toto import TotoPipeline  # noqa: E402
 from toto.engines.ray import (  # noqa: E402
     BATCH_COLUMN,
     _ForecastActor,
-    _WorkerSettings,
+    WorkerOptions,
     backtest_dataset,
     connect,
     forecast_dataset,
@@ -27,6 +27,7 @@ from toto.engines.ray import (  # noqa: E402
     write_parquet_folder,
 )
 from toto.evaluation.backtest import backtest  # noqa: E402
+from toto.frames.options import FrameOptions  # noqa: E402
 
 H = 8
 KEYS = ["item_id", "target_name", "timestamp"]
@@ -102,7 +103,7 @@ def test_a_worker_loads_once_with_the_compile_settings_and_cache(panel, tiny_che
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor-of-this-test"))
     threads = torch.get_num_threads()
     try:
-        actor = _ForecastActor(_WorkerSettings(str(tiny_checkpoint), False, True, str(tmp_path), None, 1, None))
+        actor = _ForecastActor(WorkerOptions(str(tiny_checkpoint), compile=True, compile_cache_dir=str(tmp_path)), 1)
         assert torch.get_num_threads() == 1  # its share of the node, not every core
     finally:
         torch.set_num_threads(threads)
@@ -110,8 +111,8 @@ def test_a_worker_loads_once_with_the_compile_settings_and_cache(panel, tiny_che
     assert actor.pipeline.forecaster._compile_cache.directory == tmp_path.resolve()
     items = panel[panel.item_id.isin(["s00", "s01"])].assign(**{BATCH_COLUMN: 7})
     pipeline = actor.pipeline
-    first = actor(items, **OPTIONS, id_column="item_id", timestamp_column="timestamp", target=["target"])
-    second = actor(items, **OPTIONS, id_column="item_id", timestamp_column="timestamp", target=["target"])
+    frame = FrameOptions(**OPTIONS, id_column="item_id", timestamp_column="timestamp", target=["target"])
+    first, second = actor(items, frame), actor(items, frame)
     assert actor.pipeline is pipeline and BATCH_COLUMN not in first.columns
     pd.testing.assert_frame_equal(first, second)
 

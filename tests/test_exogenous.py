@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from compile_backends import HEALTH
 from compile_health import steady_state
 from oracle import import_oracle
 from parity_inputs import masked_inputs, random_walk
@@ -126,7 +127,7 @@ def test_compiled_exogenous_decoding_adds_no_graph_or_recompile(models):
     ours, _ = models
     patch = ours.patch_size
     torch._dynamo.reset()
-    forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True)
+    forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True, compile_backend=HEALTH)
     series, future = _case(patch, 3, 2 * patch)
     inputs, plain = masked_inputs(ours_dataset, series, 2), masked_inputs(ours_dataset, series, 0)
     calls = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from checkpoints import TINY_CONFIG, random_published_state, write_checkpoint
+from compile_backends import HEALTH
 from compile_health import steady_state
 from parity_inputs import random_walk
 
@@ -111,7 +112,7 @@ def test_with_variate_labels_the_label_stays_visible(tmp_path):
 def test_hiding_adds_no_recompile(model):
     patch = model.patch_size
     torch._dynamo.reset()
-    forecaster = TotoForecaster(model, torch_compile=True, compile_prefill=True)
+    forecaster = TotoForecaster(model, torch_compile=True, compile_prefill=True, compile_backend=HEALTH)
     long = random_walk(1, 1, 6 * patch, level=10.0, seed=55)
     batches = [_batch(long, random_walk(1, 1, n, seed=n)) for n in (patch + 3, 3 * patch)]
     calls = [

@@ -1,4 +1,4 @@
-"""Refusing forecasts that cannot fit in memory (``toto.inference.memory``), before allocating."""
+"""Refusing forecasts that cannot fit in memory, and shrinking the sample batch of those that fit smaller (``toto.inference.memory``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,23 @@ import platform
 import re
 import resource
 import time
+import warnings
 
 import pytest
 import torch
 
 from toto import TotoPipeline
+from toto.data.util.dataset import MaskedTimeseries
 from toto.inference import memory
-from toto.inference.memory import available_bytes, check_memory, estimate_memory, format_bytes, pooled_bytes
+from toto.inference.forecaster import TotoForecaster
+from toto.inference.memory import (
+    available_bytes,
+    check_memory,
+    estimate_memory,
+    fit_samples_per_batch,
+    format_bytes,
+    pooled_bytes,
+)
 from toto.model.toto import Toto
 
 GiB = 2**30
@@ -49,8 +59,11 @@ def request(**overrides) -> dict:
 
 
 def estimate(model, **overrides):
+    """The estimate at one sample row per series, unless ``samples_per_batch`` is given."""
     args = request(**overrides)
-    del args["samples_per_batch"], args["device"]
+    del args["device"]
+    if "samples_per_batch" not in overrides:
+        del args["samples_per_batch"]
     return estimate_memory(model, **args)
 
 
@@ -192,6 +205,147 @@ def test_huge_numbers_stay_exact_ints(model):
     assert got.output_bytes == 2 * 6 * 10**20 * steps * PATCH * 4
 
 
+def test_every_sample_row_of_a_batch_is_counted(model):
+    # As above, plus each of the batch's sample rows (4 per series) caching its 2 decoded patches.
+    per_slot = 3072
+    assert estimate(model, samples_per_batch=4).cache_bytes == (16 + 4 * 2) * per_slot
+    assert estimate(model, samples_per_batch=50).cache_bytes == (16 + 7 * 2) * per_slot  # no more rows than samples
+    assert estimate(model, samples_per_batch=4).output_bytes == estimate(model).output_bytes  # all paths, whatever the batch
+    assert estimate(model, num_samples=None, samples_per_batch=4).cache_bytes == 16 * per_slot  # no sample rows
+    # A single step only draws: no sample rows' cache.
+    assert estimate(model, prediction_length=PATCH, samples_per_batch=4).cache_bytes == 16 * per_slot
+    # Without a cache, a sample batch's 4 x 6 rows each re-encode 7 patches.
+    assert estimate(model, use_kv_cache=False, samples_per_batch=4).cache_bytes == 2 * 4 * 6 * 7 * EMBED * 2
+
+
+# --- sizing the batch that will run ---
+
+
+def _fit(model, **overrides) -> int:
+    args = request(**overrides)
+    return fit_samples_per_batch(model, **args)
+
+
+def test_a_batch_that_fits_is_kept(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _fit(model, samples_per_batch=4) == 4
+        assert _fit(model, samples_per_batch=100) == 7  # never more rows than samples
+        assert _fit(model, num_samples=None, samples_per_batch=100) == 100
+
+
+def test_a_batch_that_does_not_fit_shrinks_to_the_largest_that_does(model, monkeypatch):
+    fits_five = estimate(model, num_samples=64, samples_per_batch=5).total
+    assert fits_five < estimate(model, num_samples=64, samples_per_batch=6).total
+    monkeypatch.setattr(memory, "available_bytes", lambda device: fits_five)
+    with pytest.warns(RuntimeWarning, match=r"samples_per_batch=32 would need .* using samples_per_batch=5$"):
+        assert _fit(model, num_samples=64, samples_per_batch=32) == 5
+    # One byte short of 5 rows: 4.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: fits_five - 1)
+    with pytest.warns(RuntimeWarning, match="using samples_per_batch=4"):
+        assert _fit(model, num_samples=64, samples_per_batch=32) == 4
+
+
+def test_a_huge_horizon_that_fits_one_row_but_not_the_batch_is_shrunk(model, monkeypatch):
+    # The measured report: --prediction-length 1000000 passed the one-row bound, then the
+    # real batch asked for far more than the machine had.
+    huge = {"batch": 1, "variates": 1, "prediction_length": 10**6, "num_samples": 256}
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * GiB)
+    check_memory(model, **request(**huge, samples_per_batch=256))  # the one-row bound fits ...
+    assert estimate(model, **huge, samples_per_batch=256).total > 4 * GiB  # ... the batch asked for does not
+    with pytest.warns(RuntimeWarning):
+        used = _fit(model, **huge, samples_per_batch=256)
+    assert 1 < used < 256
+    assert estimate(model, **huge, samples_per_batch=used).total <= 4 * GiB
+    assert estimate(model, **huge, samples_per_batch=used + 1).total > 4 * GiB
+
+
+def test_refused_when_even_one_row_does_not_fit(model, monkeypatch):
+    one_row = estimate(model, num_samples=64).total
+    monkeypatch.setattr(memory, "available_bytes", lambda device: one_row - 1)
+    with pytest.raises(ValueError, match="even at samples_per_batch=1") as info:
+        _fit(model, num_samples=64, samples_per_batch=16)
+    _assert_sizes_named(str(info.value))
+
+
+def test_absurd_batches_are_sized_fast(model, monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: GiB // 2)
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning):
+        used = _fit(model, num_samples=10**5, samples_per_batch=10**300)
+    assert time.perf_counter() - start < 1
+    assert estimate(model, num_samples=10**5, samples_per_batch=used).total <= GiB // 2
+    assert estimate(model, num_samples=10**5, samples_per_batch=used + 1).total > GiB // 2
+
+
+# --- through TotoForecaster.forecast ---
+
+H, SAMPLES = 48, 8  # 3 patches: 2 decoded steps per sample batch
+
+
+def _series(batch: int = 2) -> MaskedTimeseries:
+    series = torch.randn(batch, 1, 64, generator=torch.Generator().manual_seed(0)).cumsum(-1)
+    return MaskedTimeseries(
+        series=series,
+        padding_mask=torch.ones_like(series, dtype=torch.bool),
+        id_mask=torch.zeros_like(series, dtype=torch.int),
+        timestamp_seconds=torch.zeros_like(series, dtype=torch.int64),
+        time_interval_seconds=torch.full(series.shape[:-1], 60, dtype=torch.int64),
+    )
+
+
+def _forecast_estimate(model, samples_per_batch: int, num_samples: int | None = SAMPLES) -> memory.MemoryEstimate:
+    return estimate_memory(
+        model, batch=2, variates=1, context_patches=4, prediction_length=H, num_samples=num_samples,
+        dtype=torch.float32, samples_per_batch=samples_per_batch,
+    )
+
+
+def _batches_run(forecaster, **kwargs) -> tuple:
+    """The forecast and how many sample batches it ran (progress counts decoded patches per batch)."""
+    totals = []
+    forecast = forecaster.forecast(_series(), H, progress=lambda done, total: totals.append(total), **kwargs)
+    return forecast, totals[-1] // 2
+
+
+def test_forecast_shrinks_the_batch_to_fit(model, monkeypatch):
+    keys = torch.tensor([11, 12])
+    forecaster = TotoForecaster(model, torch_compile=False)
+    reference, batches = _batches_run(forecaster, num_samples=SAMPLES, samples_per_batch=SAMPLES, sample_keys=keys)
+    assert (forecaster.last_samples_per_batch, batches) == (SAMPLES, 1)
+    forecaster.clear_buffers()  # pooled buffers would count as available
+    monkeypatch.setattr(memory, "available_bytes", lambda device: _forecast_estimate(model, 3).total)
+    with pytest.warns(RuntimeWarning, match="using samples_per_batch=3"):
+        shrunk, batches = _batches_run(forecaster, num_samples=SAMPLES, samples_per_batch=SAMPLES, sample_keys=keys)
+    assert (forecaster.last_samples_per_batch, batches) == (3, 3)  # 8 samples, 3 at a time
+    assert shrunk.samples.shape == (2, 1, H, SAMPLES)
+    # Keyed samples do not depend on the batching: the same paths as the unshrunk call.
+    torch.testing.assert_close(shrunk.samples, reference.samples, rtol=1e-4, atol=1e-4)
+
+
+def test_forecast_is_refused_when_one_row_does_not_fit(model, monkeypatch):
+    forecaster = TotoForecaster(model, torch_compile=False)
+    forecaster.forecast(_series(), H, num_samples=2, samples_per_batch=2)
+    assert forecaster.last_samples_per_batch == 2
+    forecaster.clear_buffers()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: _forecast_estimate(model, 1).total - 1)
+    with pytest.raises(ValueError, match="needs at least"):
+        forecaster.forecast(_series(), H, num_samples=SAMPLES, samples_per_batch=4)
+    assert forecaster.last_samples_per_batch is None
+
+
+@pytest.mark.parametrize("num_samples", [None, SAMPLES])
+def test_the_estimate_never_exceeds_what_a_forecast_holds(model, num_samples):
+    # A lower bound: the buffers a real forecast keeps hold at least the estimated cache.
+    forecaster = TotoForecaster(model, torch_compile=False)
+    forecast = forecaster.forecast(_series(), H, num_samples=num_samples, samples_per_batch=4)
+    expected = _forecast_estimate(model, 4, num_samples)
+    assert pooled_bytes(forecaster._buffers.values()) >= expected.cache_bytes
+    paths = forecast.mean if num_samples is None else forecast.samples
+    assert memory.OUTPUT_COPIES * paths.numel() * paths.element_size() >= expected.output_bytes
+    assert forecaster.last_samples_per_batch == (None if num_samples is None else 4)
+
+
 # --- reading free memory ---
 
 
@@ -210,9 +364,9 @@ def test_available_cpu_memory_is_positive_and_at_most_the_total():
     assert 0 < available_bytes(CPU) <= total
 
 
-def test_available_cpu_memory_falls_back_to_sysconf(monkeypatch):
-    monkeypatch.setattr(memory, "_read_meminfo", lambda: {})
-    assert 0 < available_bytes("cpu") <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def test_available_cpu_memory_falls_back_to_sysconf(tmp_path):
+    nowhere = memory.LimitFiles(*(tmp_path / name for name in ("meminfo", "status", "cgroup", "fs")))
+    assert 0 < available_bytes("cpu", nowhere) <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -201,7 +201,7 @@ def test_compiled_prefill_across_one_bucket(model_pair, name, record):
     if ours.embed_dim > 64:
         pytest.skip("checked at tiny size (CPU compile time)")
     from toto.compile.diagnostics import snapshot
-    from toto.inference.forecaster import CAPACITY_BUCKET
+    from toto.inference.capacity import CAPACITY_BUCKET
 
     torch._dynamo.reset()
     forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True)

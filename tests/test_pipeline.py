@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from toto import TotoForecast, TotoPipeline
-from toto.pipeline.pipeline import normalize_context
+from toto.pipeline.inputs import normalize_context
 
 H = 20  # horizon: more than one tiny patch (16), so decode steps run
 
@@ -192,7 +192,7 @@ def test_warmup_runs_a_forecast_at_load(tiny_checkpoint):
 
 
 def test_batches_are_length_sorted_and_cover_every_series():
-    from toto.pipeline.pipeline import length_sorted_batches, trim_to_longest
+    from toto.pipeline.batching import length_sorted_batches, trim_to_longest
 
     observed = torch.zeros(5, 2, 10, dtype=torch.bool)
     for item, start in enumerate([6, 0, 8, 3, 6]):

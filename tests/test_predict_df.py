@@ -11,6 +11,7 @@ import torch
 
 pd = pytest.importorskip("pandas")
 
+from tests.compile_backends import HEALTH  # noqa: E402
 from tests.compile_health import steady_state  # noqa: E402
 from toto import TotoPipeline  # noqa: E402
 from toto.inference.keyed_random import series_key  # noqa: E402
@@ -198,7 +199,7 @@ def test_future_df_must_line_up_with_the_horizon(pipeline, make_future, message)
 
 
 def test_compiled_predict_df_has_no_recompiles_in_steady_state(tiny_checkpoint):
-    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True)
+    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True, compile_backend=HEALTH)
     df = long_frame([70, 60, 50, 40, 35])  # batches of 2: [70, 60], [50, 40], [35]
     counts = steady_state([lambda: pipeline.predict_df(df, prediction_length=H, num_samples=8, batch_size=2)])
     assert counts.graph_breaks == 0 and counts.recompiles == 0 and counts.graphs == 0

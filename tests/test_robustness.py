@@ -1,6 +1,7 @@
 """Robustness: bad input gets a clear error, NaN is missing data, and threads, long runs and seeds stay sound.
 
 Tiny model on CPU. The checkpoint cases live in test_loading.py, the CLI's in test_cli*.py.
+Compiled runs here check behaviour and counts, not kernels: the health backend (compile_backends.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from compile_backends import HEALTH
 from hypothesis import strategies as st
 
 from toto import MaskedTimeseries, TotoPipeline
@@ -34,7 +36,7 @@ def pipeline(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def compiled_pipeline(tiny_checkpoint):
-    return TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True)
+    return TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True, compile_backend=HEALTH)
 
 
 def walk(*shape, seed=0, level=10.0):
@@ -196,7 +198,7 @@ def test_recompile_limit_is_loud_not_silent():
         return 2 * x + 1
 
     torch._dynamo.reset()
-    function = CompiledFunction(affine, CompileSettings(enabled=True), dynamic=False)  # a graph per shape
+    function = CompiledFunction(affine, CompileSettings(enabled=True, backend=HEALTH), dynamic=False)  # a graph per shape
     with torch._dynamo.config.patch(recompile_limit=3):
         with pytest.warns(RuntimeWarning, match="recompile_limit") as caught:
             results = [function(torch.ones(n)) for n in range(1, 8)]
@@ -212,7 +214,7 @@ def test_prefill_past_the_recompile_limit_runs_eagerly_with_one_warning(tiny_che
 
     model = Toto.load_from_checkpoint(tiny_checkpoint).model
     torch._dynamo.reset()
-    compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True, compile_backend="aot_eager")
+    compiled = TotoForecaster(model, torch_compile=True, compile_prefill=True, compile_backend=HEALTH)
     eager = TotoForecaster(model, torch_compile=False)
     lengths = (100, 300, 600, 900)  # context patches 7, 19, 38, 57: four capacity buckets
     with torch._dynamo.config.patch(recompile_limit=2):

@@ -174,7 +174,7 @@ def learning_data():
     return train, validation
 
 
-def test_compiled_run_has_no_graph_breaks_or_recompiles(tiny_checkpoint, learning_data):
+def test_compiled_run_has_no_graph_breaks_or_recompiles(tiny_checkpoint, learning_data, health_backend):
     train, validation = learning_data
     torch._dynamo.reset()
     backbone = Toto.load_from_checkpoint(tiny_checkpoint).model
@@ -184,7 +184,7 @@ def test_compiled_run_has_no_graph_breaks_or_recompiles(tiny_checkpoint, learnin
     history = fit_backbone(backbone, train, options, validation)
     stats = snapshot() - before
     assert history.steps == 12 and len(history.validation_loss) == 3
-    # One training graph (forward; inductor also compiles its backward) and one validation graph, once each.
+    # One training graph (forward; AOTAutograd also traces its backward) and one validation graph, once each.
     assert stats.as_dict() == {"graph_breaks": 0, "graphs": 2, "recompiles": 0, "cudagraph_skips": 0}
 
 
@@ -206,7 +206,7 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc (Linux)")
-def test_memory_stays_flat_over_200_compiled_steps(tiny_checkpoint, learning_data):
+def test_memory_stays_flat_over_200_compiled_steps(tiny_checkpoint, learning_data, health_backend):
     train, _ = learning_data
     backbone = Toto.load_from_checkpoint(tiny_checkpoint).model.train()
     sampler = WindowSampler(training_series(train), context_length=64, patch_size=PATCH)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from checkpoints import TINY_CONFIG, random_published_state, write_checkpoint
+from compile_backends import HEALTH
 from compile_health import steady_state
 from oracle import import_oracle
 from parity_inputs import masked_inputs, random_walk
@@ -155,7 +156,7 @@ def test_compiled_decoding_with_labels_adds_no_graph_or_recompile(models):
     ours, _ = models
     patch = ours.patch_size
     torch._dynamo.reset()
-    forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True)
+    forecaster = TotoForecaster(ours, torch_compile=True, compile_prefill=True, compile_backend=HEALTH)
     full = random_walk(2, 3, 5 * patch, level=20.0, seed=24)
     with_future, plain = masked_inputs(ours_dataset, full[..., : 3 * patch], 1), masked_inputs(ours_dataset, full[..., : 3 * patch], 0)
     shorter = masked_inputs(ours_dataset, full[..., : 2 * patch + 3], 1)  # another context length, same bucket

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from compile_backends import HEALTH
 
 from toto import TotoPipeline
 from toto.compile.diagnostics import snapshot
@@ -25,7 +26,7 @@ def fresh_dynamo():
 
 
 def test_warmup_compiles_every_bucket_a_backtest_touches(tiny_checkpoint, capsys):
-    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True)
+    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=True, compile_backend=HEALTH)
     lengths = list(range(100, 521, 35))  # 100 ... 520
     report = pipeline.warmup(lengths, H, num_samples=8, samples_per_batch=8, batch_size=2)
     # Patches needed: ceil(L / 16) context + 1 decoded, rounded up to 16: buckets 16, 32 and 48.

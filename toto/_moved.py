@@ -1,4 +1,4 @@
-"""Old import paths of modules that moved in 0.2.0, kept working with a ``DeprecationWarning``.
+"""Old import paths of modules that moved when the package was regrouped, kept working with a ``DeprecationWarning``.
 
 ``import toto.loading`` gives a module that forwards every attribute to
 ``toto.checkpoints.reading``; docs/ARCHITECTURE.md lists the moves.
@@ -16,7 +16,7 @@ import warnings
 MOVED = {
     "toto.loading": "toto.checkpoints.reading",
     "toto.saving": "toto.checkpoints.writing",
-    "toto.finetuned": "toto.checkpoints.lightning",
+    "toto.finetuned": "toto.scripts.finetune_toto",  # its public name, load_finetuned_toto, lives there
     "toto.random_checkpoint": "toto.checkpoints.random_weights",
     "toto.compile_cache": "toto.compile.cache",
     "toto.diagnostics": "toto.compile.diagnostics",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported on first use: the commands' parsers read this module
+    import torch
+    from torch import Tensor
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -36,6 +38,8 @@ def check_representable(values: torch.Tensor, dtype: torch.dtype, name: str) -> 
     Casting such a value gives ±inf, which would otherwise be reported as if the
     input itself held an infinity.
     """
+    import torch
+
     if not values.is_floating_point() or torch.finfo(values.dtype).max <= torch.finfo(dtype).max:
         return
     too_big = torch.isfinite(values) & (values.abs() > torch.finfo(dtype).max)  # NaN, ±inf: reported elsewhere
@@ -49,8 +53,10 @@ def check_representable(values: torch.Tensor, dtype: torch.dtype, name: str) -> 
 
 def as_float_tensor(value: Any, name: str) -> Tensor:
     """``value`` (tensor, array or nested list of numbers) as a detached CPU float32 tensor; errors name ``name``."""
+    import torch
+
     try:
-        tensor = value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+        tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be numeric, got {type(value).__name__} ({err})") from err
     if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):

@@ -1,5 +1,5 @@
 """The ``toto-compiled`` command: ``check``, ``forecast``, ``backtest``, ``bench``, ``export`` and
-``finetune`` (each in ``toto/commands``)."""
+``finetune`` (each in ``toto/commands``). Building the parsers imports no torch: ``--help`` is fast."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from . import __version__
 from .commands import backtest, bench, check, export, finetune, forecast
+from .commands.errors import run_command
 
 COMMANDS = (check, forecast, backtest, bench, export, finetune)
 
@@ -25,12 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, run the command; a user error (:class:`toto.errors.UserError`) is one ``error:`` line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return args.run(args)
+    return run_command(args, f"toto-compiled {args.command}")
 
 
 if __name__ == "__main__":

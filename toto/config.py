@@ -7,6 +7,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+DEFAULT_MODEL_ID = "Datadog/Toto-Open-Base-1.0"  # the checkpoint loaded when none is named
+
 # Upstream names its scaler and output head by the repr of a class object.
 CAUSAL_PATCH_SCALER = "<class 'model.scaler.CausalPatchStdMeanScaler'>"
 STUDENT_T_MIXTURE = "<class 'model.distribution.MixtureOfStudentTsOutput'>"

@@ -1,13 +1,6 @@
-"""Fine-tuned checkpoints: a ``.ckpt`` from upstream's Lightning fine-tuning -> our :class:`Toto`.
-
-Upstream's ``TotoForFinetuning`` holds the backbone as ``self.model``, so the
-checkpoint's ``state_dict`` keys are ``model.<backbone key>``: exactly our
-``Toto``'s names (and the published checkpoint's, SwiGLU spelling aside).
-
-A ``.ckpt`` is a pickle, and full unpickling runs whatever code the file names,
-so it is read with ``torch.load(weights_only=True)`` only: tensors and plain
-data. Lightning's own checkpoints (state, loops, optimizer and scheduler
-states, hyper-parameters) are made of those.
+"""Upstream's fine-tuned Lightning ``.ckpt`` files (or plain state dicts): their weights under
+our key names, read with ``torch.load(weights_only=True)`` only, never by full unpickling
+(docs/ARCHITECTURE.md, "Notes by module").
 """
 
 from __future__ import annotations

@@ -13,14 +13,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..config import ConfigError, TotoConfig
+from ..config import DEFAULT_MODEL_ID, ConfigError, TotoConfig  # noqa: F401 (DEFAULT_MODEL_ID: read here too)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-DEFAULT_MODEL_ID = "Datadog/Toto-Open-Base-1.0"
 
 # SwiGLU weights: the published checkpoint's fused names (xFormers) and ours, (published, ours).
 _SWIGLU_NAMES = (("mlp.0.w12", "mlp.0"), ("mlp.0.w3", "mlp.2"))
@@ -72,12 +73,16 @@ def resolve_checkpoint(
     )
 
 
-def read_config(path: Path) -> TotoConfig:
+def read_config_json(path: Path) -> Any:
+    """``config.json`` parsed, not yet interpreted (any model family)."""
     try:
-        raw = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err})") from err
-    return TotoConfig.from_dict(raw, source=str(path))
+
+
+def read_config(path: Path) -> TotoConfig:
+    return TotoConfig.from_dict(read_config_json(path), source=str(path))
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
@@ -162,6 +167,7 @@ def _looks_like_repo_id(name: str) -> bool:
 def _hub_download(repo_id, filename, revision, cache_dir, local_files_only, token, force_download) -> Path:
     from huggingface_hub import hf_hub_download
 
+    unreachable = None if local_files_only else _hub_unreachable()
     try:
         return Path(
             hf_hub_download(
@@ -169,12 +175,38 @@ def _hub_download(repo_id, filename, revision, cache_dir, local_files_only, toke
                 filename=filename,
                 revision=revision,
                 cache_dir=cache_dir,
-                local_files_only=local_files_only,
+                # Unreachable: the cache alone, rather than huggingface_hub's ~30 s of retries.
+                local_files_only=local_files_only or unreachable is not None,
                 token=token,
-                force_download=force_download,
+                force_download=force_download and unreachable is None,
             )
         )
     except Exception as err:  # the hub's many error types: offline, not found, gated, ...
+        reason = f"{unreachable} (and no copy in the cache)" if unreachable else str(err)
         raise FileNotFoundError(
-            f"could not get {filename!r} for hub repo {repo_id!r} (revision {revision or 'main'}): {err}"
+            f"could not get {filename!r} for hub repo {repo_id!r} (revision {revision or 'main'}): {reason}; "
+            "no network? use a local checkpoint folder (--model DIR; "
+            "'toto-compiled export --random-weights DIR' writes one)"
         ) from err
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub's host cannot be resolved, or None: one quick lookup instead of timed-out retries.
+
+    Behind a proxy the proxy resolves names, so there is nothing to probe here.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as err:  # socket.gaierror: no DNS, no network
+        return f"cannot reach {host} ({err})"
+    return None

@@ -1,13 +1,9 @@
 """``toto-compiled backtest``: forecast the last windows of every item of a long file and score them.
 
-Runs :func:`toto.evaluation.backtest` on a long CSV or Parquet file (one row per item and
-timestamp), prints Toto's and seasonal naive's metrics as a table on stdout, and can write
-the per-(item, window, target) metrics, the window forecasts and a plot of one item. All
-output files are staged as temporary files and moved into place together at the end.
-
-With ``--engine ray``, :func:`toto.engines.ray.backtest_dataset` runs it on a Ray cluster: the
-cluster reads the input, the table and the metrics file are the same, and the forecasts are
-a new folder of Parquet files. It draws no plot (the plot needs the whole input here).
+:func:`toto.evaluation.backtest` on a long CSV or Parquet file; prints Toto's and seasonal
+naive's metrics on stdout and can write the per-(item, window, target) metrics, the window
+forecasts and a plot of one item, all moved into place together at the end. ``--engine ray``
+runs :func:`toto.engines.ray.backtest_dataset` on a Ray cluster (no plot: it needs the whole input).
 """
 
 from __future__ import annotations
@@ -18,10 +14,21 @@ import time
 from pathlib import Path
 from typing import Any, Hashable
 
-from ..checkpoints.reading import DEFAULT_MODEL_ID
-from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE
-from .common import UsageError, _finite, _positive_int, add_device_argument, device_problem
-from .forecast import LongInput, _names, _quantiles, frame_levels, frame_options, load_pipeline, read_long_input
+from .common import _finite, _positive_int, add_device_argument, check_device
+from .errors import UsageError
+from .options import (
+    DEFAULT_BATCH_SIZE,
+    LongInput,
+    add_model_argument,
+    check_model,
+    frame_levels,
+    forecast_error,
+    frame_options,
+    load_pipeline,
+    names,
+    quantiles,
+    read_long_input,
+)
 from .ray_engine import (
     add_engine_arguments,
     check_engine,
@@ -32,7 +39,6 @@ from .ray_engine import (
 )
 from ..frames.io import DataFileError, check_output_path, frame_writer, pandas_module, staged_outputs
 
-PROG = "toto-compiled backtest"
 DESCRIPTION = (
     "Forecast the last --windows windows of every item of a long CSV or Parquet file (one row per item and "
     "timestamp) and score them against seasonal naive: MASE, WQL, MAE, RMSE and interval coverage. "
@@ -48,24 +54,24 @@ def add_parser(subparsers) -> None:
         "backtest", help="score rolling-origin forecasts of a long CSV or Parquet file", description=DESCRIPTION
     )
     add = parser.add_argument
-    add("--model", default=DEFAULT_MODEL_ID, help="hub id or local folder (default: %(default)s)")
+    add_model_argument(parser)
     add("--input", required=True, type=Path,
         help="long-format .csv, .parquet or .pq file (with --engine ray also a folder of Parquet files)")
     add("--id-column", default="item_id", help="default: %(default)s")
     add("--timestamp-column", default="timestamp", help="default: %(default)s")
-    add("--target", type=_names, default="target", help="comma-separated value column(s) (default: %(default)s)")
+    add("--target", type=names, default="target", help="comma-separated value column(s) (default: %(default)s)")
     add("--prediction-length", required=True, type=_positive_int, help="steps in each window")
     add("--windows", type=_positive_int, default=1, help="windows per item, ending at its last step (default: 1)")
     add("--stride", type=_positive_int, help="steps between window starts (default: the prediction length)")
     add("--seasonality", type=_positive_int,
         help="season of MASE and seasonal naive (default: from each item's frequency, e.g. hourly 24, daily 1)")
-    add("--quantiles", type=_quantiles, default=DEFAULT_QUANTILES,
+    add("--quantiles", type=quantiles, default=DEFAULT_QUANTILES,
         help="levels strictly inside (0, 1); WQL averages them (default: %(default)s)")
     add("--interval", type=_interval, help="LOW,HIGH: the coverage interval, two of --quantiles "
         "(default: the lowest and highest)")
     add("--num-samples", type=_positive_int, default=256, help="default: %(default)s")
     add("--samples-per-batch", type=_positive_int, default=256, help="default: %(default)s")
-    add("--batch-size", type=_positive_int, default=DEFAULT_FRAME_BATCH_SIZE,
+    add("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
         help="series (item windows) forecast at once (default: %(default)s)")
     add("--output", type=Path, help="metrics per (item, window, target): Parquet for .parquet or .pq, else CSV")
     add("--forecasts", type=Path, help="the windows' forecasts: Parquet for .parquet or .pq, else CSV; "
@@ -88,13 +94,9 @@ def _interval(text: str) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, backtest, print the table, write the files. A user mistake prints one error line and returns 2."""
-    try:
-        check_engine(args)
-        backtest_command(args)
-    except (UsageError, DataFileError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    """Read, backtest, print the table, write the files; user mistakes raise (``cli`` reports them)."""
+    check_engine(args)
+    backtest_command(args)
     return 0
 
 
@@ -124,8 +126,8 @@ def backtest_command(args: argparse.Namespace) -> None:
         backtest_ray(args, levels, interval, outputs)
         return
     image_format = _image_format(args.plot) if args.plot is not None else None
-    if problem := device_problem(args.device):
-        raise UsageError(problem)
+    check_device(args.device)
+    check_model(args.model)
     long_input = read_long_input(args)
     plot_item = _plot_item(long_input, args.plot_item) if args.plot is not None else None
     print(long_input.describe(), file=sys.stderr)
@@ -137,7 +139,7 @@ def backtest_command(args: argparse.Namespace) -> None:
     try:
         result = backtest(pipeline, long_input.data.frame, **backtest_options(args, levels, interval, stride))
     except ValueError as err:  # CellError included
-        raise long_input.error(err) from None
+        raise forecast_error(err, long_input) from None
     elapsed = time.perf_counter() - started
 
     with staged_outputs() as staged:
@@ -162,6 +164,7 @@ def backtest_ray(
 
     stride = args.stride or args.prediction_length
     options = backtest_options(args, levels, interval, stride)
+    check_model(args.model)
     workers = connect_ray(args)
     print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
           file=sys.stderr, flush=True)

@@ -1,4 +1,5 @@
-"""What the subcommands share: usage errors, number options, the ``--device`` option, its availability check, timing sync, and device names."""
+"""What the subcommands share: number options, the ``--device`` option and its availability check,
+timing sync and device names. torch is imported on first use, so that ``--help`` stays light."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import math
 import platform
 import sys
 
-import torch
+from .errors import UsageError
 
-
-class UsageError(Exception):
-    """A user mistake: one error line on stderr, exit code 2."""
+__all__ = ["UsageError", "add_device_argument", "describe", "device_problem", "device_unavailable", "sync"]
 
 
 def _positive_int(text: str) -> int:
@@ -28,16 +27,37 @@ def _finite(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def resolve_device(text: str) -> str:
+    """``auto`` -> ``cuda`` when CUDA is available, else ``cpu``; any other name as given.
+
+    argparse applies it to the default only once the command line is parsed, so building the
+    parser (and ``--help``) does not import torch.
+    """
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    default = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=default, help="default: %(default)s")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", type=resolve_device,
+                        help="auto: cuda if available, else cpu (default: %(default)s)")
 
 
 def device_problem(device: str) -> str | None:
     """Why ``device`` cannot be used here, as a usage-error message, or None."""
+    import torch
+
     if device == "cuda" and not torch.cuda.is_available():
         return "--device cuda: CUDA is not available on this machine; use --device cpu"
     return None
+
+
+def check_device(device: str) -> None:
+    """A :class:`UsageError` when ``device`` cannot be used here."""
+    if problem := device_problem(device):
+        raise UsageError(problem)
 
 
 def device_unavailable(prog: str, device: str) -> bool:
@@ -51,10 +71,14 @@ def device_unavailable(prog: str, device: str) -> bool:
 def sync(device: str) -> None:
     """Wait for queued GPU work, so that wall-clock timings are honest."""
     if device == "cuda":
+        import torch
+
         torch.cuda.synchronize()
 
 
 def describe(device: str) -> str:
+    import torch
+
     if device == "cuda":
         return torch.cuda.get_device_name()
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

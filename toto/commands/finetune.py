@@ -1,32 +1,24 @@
 """``toto-compiled finetune``: fine-tune a checkpoint on the items of a long CSV or Parquet file.
 
-The file is read as ``toto-compiled backtest --input`` reads it (one row per item and
-timestamp, each item put on its regular grid, NaN for a missing value); each item's
-targets, then its ``--exogenous`` columns, are one training series of
-:meth:`toto.TotoPipeline.fit`. The fine-tuned model is written with
-:meth:`~toto.TotoPipeline.save_pretrained` into ``--output`` only once training succeeded,
-and loads like any checkpoint (``--model OUTPUT``, ``Toto.from_pretrained(OUTPUT)``).
-
-``python -m toto.training`` runs this same command. Under ``torchrun`` every process
-trains (DistributedDataParallel, one device per process) and only rank 0 reports and
-writes ``--output``.
+The file is read as ``backtest --input`` reads it; each item's targets, then its
+``--exogenous`` columns, are one training series of :meth:`toto.TotoPipeline.fit`. The result
+is written into ``--output`` (``save_pretrained``) only once training succeeded.
+``python -m toto.training`` runs this same command; under ``torchrun`` every process trains
+(DistributedDataParallel) and rank 0 alone reports and writes.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..checkpoints.reading import CONFIG_NAME, WEIGHTS_NAME
-from .common import UsageError, add_device_argument, device_problem
-from .forecast import LongInput, _names
-from ..frames.io import DataFileError, check_columns, read_data_file
+from .common import add_device_argument, check_device
+from .errors import CommandFailed, UsageError, run_command
+from .options import check_model, names, option_names, read_long_input
 
 PROG = "toto-compiled finetune"
 MODULE_PROG = "python -m toto.training"
@@ -78,7 +70,7 @@ def build_parser(prog: str = MODULE_PROG) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m toto.training ARGS``: the same as ``toto-compiled finetune ARGS``."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    return run_command(args, args.prog)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,9 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "the weights of the best validation are kept")
     data.add_argument("--id-column", default="item_id", metavar="COLUMN", help="default: %(default)s")
     data.add_argument("--timestamp-column", default="timestamp", metavar="COLUMN", help="default: %(default)s")
-    data.add_argument("--target", type=_names, default="target", metavar="COLS",
+    data.add_argument("--target", type=names, default="target", metavar="COLS",
                       help="comma-separated value column(s) to learn to forecast (default: %(default)s)")
-    data.add_argument("--exogenous", type=_names, default=[], metavar="COLS",
+    data.add_argument("--exogenous", type=names, default=[], metavar="COLS",
                       help="comma-separated columns read as exogenous variates: seen, never scored (default: none)")
     data.add_argument("--output", required=True, type=Path, metavar="DIR",
                       help="folder to write config.json and model.safetensors into once training succeeded")
@@ -172,18 +164,13 @@ class TrainingData:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check, read, train, write. A user mistake prints one error line and returns 2; a diverged run returns 1."""
+    """Check, read, train, write; user mistakes raise UsageError (exit 2), a diverged run CommandFailed (exit 1)."""
     from ..training import TrainingDiverged
 
-    prog = getattr(args, "prog", PROG)
     try:
         finetune(args)
-    except (UsageError, DataFileError) as err:
-        _error(prog, str(err))
-        return 2
     except TrainingDiverged as err:
-        _error(prog, f"training diverged at {err}; nothing was written to {args.output}")
-        return 1
+        raise CommandFailed(f"training diverged at {err}; nothing was written to {args.output}") from None
     return 0
 
 
@@ -195,8 +182,8 @@ def finetune(args: argparse.Namespace) -> None:
     from ..training.fit import silent, to_stderr
 
     options = fit_options(args)
-    if problem := device_problem(args.device):
-        raise UsageError(problem)
+    check_device(args.device)
+    check_model(args.model)
     check_output(args.output, args.force)
     inputs = read_training_data(args, args.input, "--input")
     validation = None if args.validation_input is None else read_training_data(args, args.validation_input,
@@ -276,12 +263,14 @@ def fit_options(args: argparse.Namespace) -> dict[str, Any]:
     try:
         FitOptions(**options).check()
     except ValueError as err:
-        raise UsageError(option_names(str(err))) from None
+        raise UsageError(option_names(str(err), OPTION_NAMES)) from None
     return options
 
 
 def check_output(output: Path, force: bool) -> None:
     """--output must be a folder (or not yet exist) without a checkpoint in it, unless ``force``."""
+    from ..checkpoints.reading import CONFIG_NAME, WEIGHTS_NAME
+
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output}: exists and is not a folder")
     existing = [str(output / name) for name in (CONFIG_NAME, WEIGHTS_NAME) if (output / name).exists()]
@@ -294,14 +283,10 @@ def read_training_data(args: argparse.Namespace, path: Path, option: str) -> Tra
     """Read a long file as ``backtest --input`` does; each item's values are one series."""
     from ..frames.panel import read_panel
 
-    data = read_data_file(path, text_columns=[args.id_column])
-    keys = {args.id_column: "--id-column", args.timestamp_column: "--timestamp-column"}
-    check_columns(data, {**keys, **{name: "--target" for name in args.target},
-                         **{name: "--exogenous" for name in args.exogenous}})
-    long_input = LongInput(args.id_column, args.timestamp_column, list(args.target), data, None)
+    long_input = read_long_input(args, path, more={name: "--exogenous" for name in args.exogenous})
     try:
         panel = read_panel(
-            data.frame, id_column=args.id_column, timestamp_column=args.timestamp_column, target=args.target,
+            long_input.data.frame, id_column=args.id_column, timestamp_column=args.timestamp_column, target=args.target,
             exogenous=args.exogenous, prediction_length=args.prediction_length,
         )
     except ValueError as err:  # CellError included: a bad cell names its line (or row) and column
@@ -316,14 +301,7 @@ def fit_error_message(err: ValueError, inputs: TrainingData, validation: Trainin
         data = validation if match.group(1) and validation is not None else inputs
         return f"{data.path}: item {data.item_ids[int(match.group(2))]!r}"
 
-    return option_names(SERIES_NAME.sub(series, str(err)))
-
-
-def option_names(text: str) -> str:
-    """``fit``'s argument names in ``text`` as this command's options (``context_length`` -> ``--context-length``)."""
-    for name, option in OPTION_NAMES.items():
-        text = re.sub(rf"\b{name}\b", option, text)
-    return text
+    return option_names(SERIES_NAME.sub(series, str(err)), OPTION_NAMES)
 
 
 def result_line(output: Path, history: Any, seconds: float) -> str:
@@ -336,9 +314,3 @@ def result_line(output: Path, history: Any, seconds: float) -> str:
     else:
         score = f"final training loss {history.train_loss[-1]:.4f}"
     return f"wrote {output}: fine-tuned for {steps} in {seconds:.1f} s, {score}"
-
-
-def _error(prog: str, message: str) -> None:
-    """The error line, from one process only under torchrun (every process meets the same user mistake)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)

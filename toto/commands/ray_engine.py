@@ -11,11 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..compile.policy import CompileSettings
-from ..compile.cache import ENV_COMPILE_CACHE
-from ..engines.ray import first_line
-from .common import UsageError, _finite, _positive_int
+from ..errors import one_line
 from ..frames.io import DataFileError, strip_frame_name
+from .common import _finite, _positive_int
+from .errors import UsageError
 
 RAY_ONLY_OPTIONS = ("--ray-address", "--workers", "--gpus-per-worker")
 
@@ -68,12 +67,14 @@ def connect_ray(args: argparse.Namespace) -> dict[str, Any]:
 
     A missing extra, a malformed address or one that does not answer is a UsageError (one line).
     """
+    from ..compile.cache import ENV_COMPILE_CACHE
+    from ..compile.policy import CompileSettings
     from ..engines.ray import connect, require_ray
 
     try:
         connect(args.ray_address)
     except (ImportError, ConnectionError, ValueError) as err:
-        raise UsageError(first_line(err)) from None
+        raise UsageError(one_line(err)) from None
     gpus = args.gpus_per_worker or 0.0
     available = require_ray().cluster_resources().get("GPU", 0.0)
     if gpus > available:  # Ray would wait for them forever
@@ -108,12 +109,12 @@ def ray_errors(args: argparse.Namespace) -> Iterator[None]:
         cause = worker_cause(err)
         if isinstance(cause, RayActorError) and cause.actor_init_failed:
             # An actor's __init__ loads the model; its error (type: message) ends Ray's text.
-            raise UsageError(f"cannot load model {args.model!r} in a Ray worker: {_last_line(cause)}") from None
+            raise UsageError(f"cannot load model {args.model!r} in a Ray worker: {one_line(cause, last=True)}") from None
         if not isinstance(cause, ValueError) or isinstance(cause, (UsageError, DataFileError)):
             raise
         # The cluster was given the absolute path; name the file as the user did.
         path = args.input
-        message = strip_frame_name(first_line(cause)).replace(str(path.absolute()), str(path))
+        message = strip_frame_name(one_line(cause)).replace(str(path.absolute()), str(path))
         raise DataFileError(message if str(path) in message else f"{path}: {message}") from None
 
 
@@ -134,11 +135,6 @@ def worker_cause(err: BaseException) -> BaseException:
     return err
 
 
-def _last_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[-1].strip() if lines else type(err).__name__
-
-
 def write_ray_folder(dataset: Any, path: Path) -> None:
     """:func:`toto.engines.ray.write_parquet_folder` at ``path`` (absolute: the workers write it)."""
     from ..engines.ray import write_parquet_folder
@@ -148,4 +144,4 @@ def write_ray_folder(dataset: Any, path: Path) -> None:
     except FileExistsError:
         raise DataFileError(f"cannot write {path}: it was created while the job ran") from None
     except OSError as err:  # here, or in a worker (wrapped)
-        raise DataFileError(f"cannot write {path} ({first_line(worker_cause(err))})") from None
+        raise DataFileError(f"cannot write {path} ({one_line(worker_cause(err))})") from None

@@ -1,37 +1,8 @@
-"""A compile cache that outlives the process, built on PyTorch's own caches.
-
-Set ``TOTO_COMPILE_CACHE=<dir>`` (or pass ``compile_cache_dir=``) and a process
-that compiles leaves its work in ``<dir>`` for the next one. Two torch mechanisms
-do the work; this module only decides where they live and guards the file:
-
-* torch's "mega-cache": ``torch.compiler.save_cache_artifacts()`` serializes the
-  FX-graph (inductor) and AOTAutograd cache entries this process has produced or
-  reused; ``torch.compiler.load_cache_artifacts()`` writes them back into a fresh
-  process's caches, so its compiles become cache hits. Those entries carry the
-  generated kernel *source*; on CPU the C++ compiler still has to build it, and
-  that build is most of a small graph's compile time.
-* inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``), which also keeps the
-  built kernels. :meth:`CompileCache.load` points it at ``<dir>/inductor`` so they
-  persist too, unless the variable names a directory other than inductor's default
-  (the user chose it), or the process has compiled already (turn off with
-  ``use_for_inductor=False``).
-
-File format, ``<dir>/compile-artifacts.bin``: one line of JSON, a newline, then
-the N bytes exactly as ``torch.compiler.save_cache_artifacts()[0]`` returned them::
-
-    {"format": "toto-compile-cache", "version": 1, "torch": "2.13.0+cpu",
-     "machine": "x86_64/AVX512", "size": N, "sha256": "<hex of the N bytes>"}   <- one line in the file
-    <N bytes>
-
-A file whose header, size or checksum is wrong, or that another torch version or
-CPU class wrote, is not handed to torch at all: one ``RuntimeWarning`` names the
-file and the problem, and compiling starts from scratch. Failing to write
-(unwritable directory, full disk) also warns once and never raises; the old file
-stays whole because the new one is written to a temporary file and moved into place.
-
-:meth:`CompileCache.load` runs once per process per directory; later calls
-return the first call's answer. Torch's artifact record is process-wide, so every
-save writes everything the process has compiled so far, plus what it loaded.
+"""A compile cache that outlives the process (``TOTO_COMPILE_CACHE=<dir>`` or ``compile_cache_dir=``),
+built on torch's cache artifacts plus inductor's on-disk cache. The artifacts file is
+checked (header, size, checksum, torch version, CPU class) before torch sees it; any
+problem warns once and compiling starts from scratch. File format and rationale:
+docs/ARCHITECTURE.md, "Notes by module".
 """
 
 from __future__ import annotations

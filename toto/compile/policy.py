@@ -1,16 +1,7 @@
-"""Compile policy: what gets compiled, how, and what happens when compiling fails.
-
-Compiled, each with ``fullgraph=True`` and static shapes: the decode steps (the code
-that repeats) and, with ``compile_prefill``, the rest of a call: the context
-encoding (right-padded to its capacity bucket, so contexts of different lengths
-share one graph per bucket), the first-patch draw, and copying the context into
-the sample rows. ``compile_prefill`` is on by default on CUDA, where an eager
-prefill is bound by kernel launches, and off on CPU, where it is compute-bound and
-padding would add work (docs/PERFORMANCE.md). The model code has no
-compile-specific branches.
-
-Settings come from arguments, else the environment:
-``TOTO_COMPILE=1`` turns compilation on, ``TOTO_COMPILE_MODE`` picks the mode.
+"""Compile policy: what gets compiled (the decode steps; with ``compile_prefill`` also the
+prefill and first-patch draw, padded to their capacity bucket), with which settings
+(arguments, else ``TOTO_COMPILE`` / ``TOTO_COMPILE_MODE``, else the device's default), and
+the fallback to eager when compiling fails. The model code has no compile-specific branches.
 """
 
 from __future__ import annotations
@@ -18,7 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -62,6 +53,31 @@ class CompileSettings:
         return cls(
             enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=bool(compile_prefill)
         )
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """The five compile keywords of the public entry points, as asked (``None``: the environment,
+    else the device's default); :meth:`resolve` turns them into :class:`CompileSettings`."""
+
+    torch_compile: bool | None = None
+    compile_mode: str | None = None
+    compile_backend: str | None = None
+    compile_prefill: bool | None = None
+    compile_cache_dir: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if self.compile_mode is not None and self.compile_mode not in MODES:
+            raise ValueError(f"compile_mode: unknown mode {self.compile_mode!r}; expected one of {MODES}")
+
+    def resolve(self, device: torch.device | str) -> CompileSettings:
+        return CompileSettings.resolve(
+            self.torch_compile, self.compile_mode, self.compile_backend, device, self.compile_prefill
+        )
+
+    def keywords(self) -> dict[str, Any]:
+        """As keyword arguments of :class:`~toto.inference.forecaster.TotoForecaster` and ``TotoPipeline``."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 def default_mode(device: torch.device | str) -> str:

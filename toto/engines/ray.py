@@ -1,18 +1,9 @@
-"""Forecasts and backtests over a Ray cluster (extra ``toto-compiled[ray]``).
+"""Forecasts and backtests over a Ray cluster (extra ``toto-compiled[ray]``, imported on first use).
 
-The driver plans the items of a long frame (one row per item and timestamp) into
-batches of ``batch_size`` items, longest first with ties broken by each item's
-random-stream key, as :meth:`TotoPipeline.predict_df` orders them. Ray Data gathers each
-batch's rows on one worker (a ``groupby`` on the batch number) and a pool of model actors
-forecasts them; each actor loads the checkpoint and compiles its graphs once, sharing
-the compile cache folder when one is given. Ray restarts an actor that dies and retries
-its batch, so every item comes out exactly once.
-
-With ``seed`` set, each item draws from its own stream keyed by (seed, id, last
-timestamp), so its samples do not depend on how items are spread over workers; when the
-planned batches equal the local engine's (items whose rows have no gaps), the output is
-the local engine's, bit for bit. Nothing here runs at import of :mod:`toto`; Ray is
-imported on first use.
+The driver plans items into the local engine's batches (longest first, ties by stream key);
+Ray Data gathers each batch on one model actor, which loads the checkpoint and compiles once.
+Restarted actors retry their batch, so every item comes out exactly once; with ``seed`` the
+output does not depend on how items are spread (docs/ARCHITECTURE.md, "Notes by module").
 """
 
 from __future__ import annotations
@@ -22,17 +13,20 @@ import os
 import shutil
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..frames.panel import check_quantile_levels, numpy_backed, quantile_column, require_pandas, target_names
-from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline, item_keys
+from ..frames.options import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_FRAME_SAMPLES, DEFAULT_QUANTILES, FrameOptions
+from ..frames.panel import numpy_backed, quantile_column, require_pandas
+from ..pipeline import TotoPipeline
+from ..pipeline.batching import item_keys
 from ..arguments import check_int
+from ..errors import one_line
 
-__all__ = ["backtest_dataset", "connect", "forecast_dataset", "read_dataset", "write_parquet_folder"]
+__all__ = ["WorkerOptions", "backtest_dataset", "connect", "forecast_dataset", "read_dataset", "write_parquet_folder"]
 
 RAY_EXTRA = 'pip install "toto-compiled[ray]"'
 BATCH_COLUMN = "__toto_batch"
@@ -93,7 +87,7 @@ def read_dataset(source: Any, columns: Sequence[str]) -> Any:
             dataset = ray.data.read_csv(str(path)) if csv else ray.data.read_parquet(str(path))
             schema = dataset.schema()
         except Exception as err:  # pyarrow and Ray raise many kinds; all mean the same to the user
-            raise ValueError(f"cannot read {name}: {first_line(err)}") from None
+            raise ValueError(f"cannot read {name}: {one_line(err)}") from None
     else:
         dataset = source
         schema = dataset.schema()
@@ -115,7 +109,7 @@ def forecast_dataset(
     timestamp_column: str = "timestamp",
     target: str | Sequence[str] = "target",
     quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
-    num_samples: int = 256,
+    num_samples: int = DEFAULT_FRAME_SAMPLES,
     samples_per_batch: int | None = None,
     batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
     seed: int | None = 0,
@@ -136,12 +130,14 @@ def forecast_dataset(
     batch draws again. ``_worker_hook`` is called by each actor before each batch (tests
     use it to kill one).
     """
-    job = _Job.prepare(
-        dataset, model, prediction_length, num_samples, samples_per_batch, batch_size, concurrency, id_column,
-        timestamp_column, target, quantile_levels, seed, num_cpus_per_worker, num_gpus_per_worker, compile,
-        compile_cache_dir, torch_dtype, _worker_hook,
+    frame = FrameOptions(
+        prediction_length, id_column, timestamp_column, target, quantile_levels, num_samples, samples_per_batch,
+        batch_size, seed,
     )  # fmt: skip
-    return job.run(_ForecastActor, job.common)
+    workers = WorkerOptions(str(model), concurrency, num_cpus_per_worker, num_gpus_per_worker, compile,
+                            _str_or_none(compile_cache_dir), torch_dtype, _worker_hook)  # fmt: skip
+    job = _Job.prepare(dataset, frame, workers)
+    return job.run(_ForecastActor, {"frame": frame})
 
 
 def backtest_dataset(
@@ -157,7 +153,7 @@ def backtest_dataset(
     quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
     interval: tuple[float, float] = (0.1, 0.9),
     seasonality: int | None = None,
-    num_samples: int = 256,
+    num_samples: int = DEFAULT_FRAME_SAMPLES,
     samples_per_batch: int | None = None,
     batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
     seed: int | None = 0,
@@ -175,23 +171,19 @@ def backtest_dataset(
     as the local backtest, so they equal it (up to the rounding of batched arithmetic and
     of summation order). Options as :func:`forecast_dataset` and :func:`~toto.evaluation.backtest`.
     """
-    from ..evaluation.backtest import BacktestParts, _interval_columns, finish_backtest
+    from ..evaluation.backtest import BacktestOptions, BacktestParts, finish_backtest
 
-    check_int("windows", windows)
-    if stride is not None:
-        check_int("stride", stride)
-    if seasonality is not None:
-        check_int("seasonality", seasonality)
-    levels = check_quantile_levels(quantile_levels)
-    low, high = (levels[index] for index in _interval_columns(interval, levels))
-    job = _Job.prepare(
-        dataset, model, prediction_length, num_samples, samples_per_batch, batch_size, concurrency, id_column,
-        timestamp_column, target, quantile_levels, seed, num_cpus_per_worker, num_gpus_per_worker, compile,
-        compile_cache_dir, torch_dtype, _worker_hook,
+    frame = FrameOptions(
+        prediction_length, id_column, timestamp_column, target, quantile_levels, num_samples, samples_per_batch,
+        batch_size, seed,
     )  # fmt: skip
-    score = {**job.common, "windows": windows, "stride": stride, "interval": (low, high), "seasonality": seasonality,
-             "batch_size": batch_size}  # fmt: skip
-    nested = job.run(_BacktestActor, score).materialize()
+    options = BacktestOptions(windows, stride, interval, seasonality)
+    interval_levels = options.interval_levels(frame.quantile_levels)
+    workers = WorkerOptions(str(model), concurrency, num_cpus_per_worker, num_gpus_per_worker, compile,
+                            _str_or_none(compile_cache_dir), torch_dtype, _worker_hook)  # fmt: skip
+    job = _Job.prepare(dataset, frame, workers)
+    nested = job.run(_BacktestActor, {"frame": frame, "options": options}).materialize()
+    levels = list(frame.quantile_levels)
     horizon_columns = _horizon_columns(timestamp_column, levels)
     totals = _numpy_backed(nested.drop_columns(horizon_columns).to_pandas())
     seasons = totals.drop_duplicates(id_column).set_index(id_column)[SEASON_COLUMN]
@@ -200,7 +192,7 @@ def backtest_dataset(
     forecasts = nested.map_batches(
         _unnested, fn_kwargs={"keys": keys, "horizon_columns": horizon_columns}, batch_format="pandas"
     )
-    parts = BacktestParts(forecasts, totals, {k: int(v) for k, v in seasons.items()}, levels, (low, high))
+    parts = BacktestParts(forecasts, totals, {k: int(v) for k, v in seasons.items()}, levels, interval_levels)
     return finish_backtest(parts, id_column)
 
 
@@ -232,56 +224,52 @@ def write_parquet_folder(dataset: Any, path: str | os.PathLike, *, overwrite: bo
 
 
 @dataclass(frozen=True)
+class WorkerOptions:
+    """Where and how the model actors run: ``model`` (a folder every worker reads, or a hub id),
+    their number, CPUs and GPUs each, compilation, the shared compile cache, the weights' dtype."""
+
+    model: str
+    concurrency: int = 1
+    num_cpus_per_worker: float | None = None
+    num_gpus_per_worker: float = 0
+    compile: bool = True
+    compile_cache_dir: str | None = None
+    torch_dtype: str | None = None
+    hook: Callable[[], None] | None = None  # called by each actor before each batch (tests)
+
+    def __post_init__(self) -> None:
+        check_int("concurrency", self.concurrency)
+        if not self.num_gpus_per_worker >= 0:
+            raise ValueError(f"num_gpus_per_worker must be 0 or more, got {self.num_gpus_per_worker!r}")
+
+
+@dataclass(frozen=True)
 class _Job:
     """A checked, planned job: the rows tagged with their batch, and what each actor needs."""
 
     tagged: Any
     batches: int
-    concurrency: int
+    workers: WorkerOptions
     num_cpus: float
-    num_gpus: float
-    worker: "_WorkerSettings"
-    common: dict  # the keyword arguments predict_df and score_items share
 
     @classmethod
-    def prepare(
-        cls, dataset, model, prediction_length, num_samples, samples_per_batch, batch_size, concurrency, id_column,
-        timestamp_column, target, quantile_levels, seed, num_cpus_per_worker, num_gpus_per_worker, compile,
-        compile_cache_dir, torch_dtype, hook,
-    ) -> "_Job":  # fmt: skip
-        """Check every option, then read and plan: all before any model actor starts."""
-        check_int("prediction_length", prediction_length)
-        check_int("num_samples", num_samples)
-        check_int("batch_size", batch_size)
-        check_int("concurrency", concurrency)
-        samples_per_batch = num_samples if samples_per_batch is None else samples_per_batch
-        check_int("samples_per_batch", samples_per_batch)
-        if not num_gpus_per_worker >= 0:
-            raise ValueError(f"num_gpus_per_worker must be 0 or more, got {num_gpus_per_worker!r}")
-        targets = list(target_names(target))
-        levels = check_quantile_levels(quantile_levels)
-        rows = read_dataset(dataset, [id_column, timestamp_column, *targets])
-        tagged, batches = _planned(rows, id_column, timestamp_column, batch_size, seed)
-        cpus = _cpu_share(num_cpus_per_worker, concurrency)
-        worker = _WorkerSettings(str(model), num_gpus_per_worker > 0, compile, _str_or_none(compile_cache_dir),
-                                 torch_dtype, math.ceil(cpus), hook)  # fmt: skip
-        common = dict(
-            id_column=id_column, timestamp_column=timestamp_column, target=targets, quantile_levels=levels,
-            prediction_length=prediction_length, num_samples=num_samples, samples_per_batch=samples_per_batch, seed=seed,
-        )
-        return cls(tagged, batches, concurrency, cpus, num_gpus_per_worker, worker, common)
+    def prepare(cls, dataset: Any, frame: FrameOptions, workers: WorkerOptions) -> "_Job":
+        """Read and plan (the options are checked already): all before any model actor starts."""
+        rows = read_dataset(dataset, frame.columns)
+        tagged, batches = _planned(rows, frame.id_column, frame.timestamp_column, frame.batch_size, frame.seed)
+        return cls(tagged, batches, workers, _cpu_share(workers.num_cpus_per_worker, workers.concurrency))
 
     def run(self, actor: type, call_kwargs: dict) -> Any:
         """Each planned batch gathered on one worker and handed whole to one call of ``actor``."""
         ray = require_ray()
         return self.tagged.groupby(BATCH_COLUMN, num_partitions=min(self.batches, _partitions())).map_groups(
             actor,
-            compute=ray.data.ActorPoolStrategy(size=self.concurrency),
-            fn_constructor_kwargs={"settings": self.worker},
+            compute=ray.data.ActorPoolStrategy(size=self.workers.concurrency),
+            fn_constructor_kwargs={"workers": self.workers, "threads": math.ceil(self.num_cpus)},
             fn_kwargs=call_kwargs,
             batch_format="pandas",
             num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus or None,
+            num_gpus=self.workers.num_gpus_per_worker or None,
             max_restarts=-1,  # a dead actor is restarted ...
             max_task_retries=-1,  # ... and its batch retried
         )
@@ -350,30 +338,19 @@ def _tag_batch(rows: Any, batch_of: dict, id_column: str) -> Any:
 # Workers ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _WorkerSettings:
-    model: str
-    cuda: bool
-    compile: bool
-    compile_cache_dir: str | None
-    torch_dtype: str | None
-    threads: int
-    hook: Callable[[], None] | None
-
-
 class _ModelActor:
     """Loads the pipeline once per actor (and compiles lazily, once per shape)."""
 
-    def __init__(self, settings: _WorkerSettings):
+    def __init__(self, workers: WorkerOptions, threads: int):
         import torch
 
-        torch.set_num_threads(settings.threads)  # the actor's share of the node, not all its cores
-        dtype = None if settings.torch_dtype is None else getattr(torch, settings.torch_dtype)
+        torch.set_num_threads(threads)  # the actor's share of the node, not all its cores
+        dtype = None if workers.torch_dtype is None else getattr(torch, workers.torch_dtype)
         self.pipeline = TotoPipeline.from_pretrained(
-            settings.model, device_map="cuda" if settings.cuda else "cpu", torch_dtype=dtype,
-            torch_compile=settings.compile, compile_cache_dir=settings.compile_cache_dir,
+            workers.model, device_map="cuda" if workers.num_gpus_per_worker > 0 else "cpu", torch_dtype=dtype,
+            torch_compile=workers.compile, compile_cache_dir=workers.compile_cache_dir,
         )  # fmt: skip
-        self.hook = settings.hook
+        self.hook = workers.hook
 
     def items(self, rows: Any) -> Any:
         if self.hook is not None:
@@ -382,22 +359,22 @@ class _ModelActor:
 
 
 class _ForecastActor(_ModelActor):
-    def __call__(self, rows: Any, **predict: Any) -> Any:
+    def __call__(self, rows: Any, frame: FrameOptions) -> Any:
         rows = self.items(rows)
         # The whole planned batch in one call: the batches are the plan's.
-        return self.pipeline.predict_df(rows, batch_size=max(1, rows[predict["id_column"]].nunique()), **predict)
+        whole = replace(frame, batch_size=max(1, rows[frame.id_column].nunique()))
+        return self.pipeline.predict_frame(rows, None, whole)
 
 
 class _BacktestActor(_ModelActor):
-    def __call__(self, rows: Any, **score: Any) -> Any:
+    def __call__(self, rows: Any, frame: FrameOptions, options: Any) -> Any:
         from ..evaluation.backtest import score_items
 
-        id_column, levels = score["id_column"], score["quantile_levels"]
-        parts = score_items(self.pipeline, self.items(rows), **score)
+        parts = score_items(self.pipeline, self.items(rows), frame, options)
         nested = parts.totals.copy()
-        nested[SEASON_COLUMN] = nested[id_column].map(parts.seasonality).astype("int64")
-        horizon = score["prediction_length"]
-        for column in _horizon_columns(score["timestamp_column"], levels):
+        nested[SEASON_COLUMN] = nested[frame.id_column].map(parts.seasonality).astype("int64")
+        horizon = frame.prediction_length
+        for column in _horizon_columns(frame.timestamp_column, frame.quantile_levels):
             values = parts.forecasts[column].to_numpy()
             nested[column] = list(values.reshape(-1, horizon))  # (item, window, target) rows of H values
         return nested
@@ -427,9 +404,3 @@ def _numpy_backed(frame: Any) -> Any:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

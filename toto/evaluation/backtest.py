@@ -1,21 +1,9 @@
-"""Rolling-origin backtests: forecast the last windows of every item and score them against seasonal naive.
+"""Rolling-origin backtests: forecast the last windows of every item and score them against
+seasonal naive, windows cut as GluonTS's ``split`` + ``generate_instances`` cut them.
 
-Window ``w`` of ``windows`` (0 = earliest) ends each item's context
-``prediction_length + (windows - 1 - w) * stride`` steps before its last timestamp
-and holds out the ``prediction_length`` steps after it, as GluonTS's
-``split(..., offset=-prediction_length - (windows - 1) * stride)`` followed by
-``generate_instances(prediction_length, windows, distance=stride)`` does. All
-windows of all items are forecast in length-sorted batches of one pipeline call.
-Metrics follow :mod:`toto.evaluation.metrics` (GluonTS's definitions): MAE and MASE
-score the median, RMSE the mean, WQL the quantiles, and coverage the interval.
-Needs pandas (extra ``toto-compiled[pandas]``).
-
-Two steps, so that workers can score disjoint shares of the items and a driver can
-aggregate them without the forecast arrays: :func:`score_items` forecasts and reduces
-each (item, window, target) row to totals (sums over its observed entries), and
-:func:`finish_backtest` derives every metric, per row and aggregated, from those sums
-with :func:`metrics_from_totals`. Sums add up across parts, so the result is the same
-however the items were split.
+Two steps, so workers can score disjoint shares of the items: :func:`score_items` reduces
+each (item, window, target) row to totals, :func:`finish_backtest` derives every metric from
+summed totals (docs/ARCHITECTURE.md, "Notes by module"). Needs pandas (extra ``pandas``).
 """
 
 from __future__ import annotations
@@ -25,12 +13,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..frames.panel import Panel, check_quantile_levels, forecast_frame, quantile_column, read_panel, require_pandas
-from ..pipeline.pipeline import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_QUANTILES, TotoPipeline
+from ..frames.options import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_FRAME_SAMPLES, DEFAULT_QUANTILES, FrameOptions
+from ..frames.panel import Panel, forecast_frame, quantile_column, read_panel, require_pandas
+from ..pipeline import TotoPipeline
 from ..arguments import check_int
 from .metrics import _quantile_loss, scaled_errors, seasonal_error, seasonal_naive
 
 __all__ = [
+    "BacktestOptions",
     "BacktestParts",
     "BacktestResult",
     "backtest",
@@ -103,6 +93,32 @@ class BacktestParts:
     interval: tuple[float, float]
 
 
+@dataclass(frozen=True)
+class BacktestOptions:
+    """Which windows a backtest cuts and how it scores them (``stride=None``: the horizon;
+    ``seasonality=None``: each item's frequency's); checked once, errors name the argument."""
+
+    windows: int = 1
+    stride: int | None = None
+    interval: tuple[float, float] = (0.1, 0.9)
+    seasonality: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("windows", self.windows)
+        if self.stride is not None:
+            check_int("stride", self.stride)
+        if self.seasonality is not None:
+            check_int("seasonality", self.seasonality)
+
+    def stride_for(self, prediction_length: int) -> int:
+        return prediction_length if self.stride is None else self.stride
+
+    def interval_levels(self, levels: Sequence[float]) -> tuple[float, float]:
+        """The interval's (low, high) levels; both must be among the forecast ``levels``."""
+        low, high = _interval_columns(self.interval, list(levels))
+        return levels[low], levels[high]
+
+
 def backtest(
     pipeline: TotoPipeline,
     df: Any,
@@ -116,7 +132,7 @@ def backtest(
     quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
     interval: tuple[float, float] = (0.1, 0.9),
     seasonality: int | None = None,
-    num_samples: int = 256,
+    num_samples: int = DEFAULT_FRAME_SAMPLES,
     samples_per_batch: int | None = None,
     batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
     seed: int | None = None,
@@ -130,73 +146,45 @@ def backtest(
     numeric timestamps). The frame is read as :meth:`TotoPipeline.predict_df` reads it.
     This is :func:`finish_backtest` of :func:`score_items` on the whole frame.
     """
-    parts = score_items(
-        pipeline, df, prediction_length=prediction_length, windows=windows, stride=stride, id_column=id_column,
-        timestamp_column=timestamp_column, target=target, quantile_levels=quantile_levels, interval=interval,
-        seasonality=seasonality, num_samples=num_samples, samples_per_batch=samples_per_batch,
-        batch_size=batch_size, seed=seed, show_progress=show_progress,
+    frame = FrameOptions(
+        prediction_length, id_column, timestamp_column, target, quantile_levels, num_samples, samples_per_batch,
+        batch_size, seed,
     )  # fmt: skip
-    return finish_backtest(parts, id_column)
+    options = BacktestOptions(windows, stride, interval, seasonality)
+    return finish_backtest(score_items(pipeline, df, frame, options, show_progress=show_progress), id_column)
 
 
 def score_items(
     pipeline: TotoPipeline,
     df: Any,
+    frame: FrameOptions,
+    options: BacktestOptions = BacktestOptions(),
     *,
-    prediction_length: int,
-    windows: int = 1,
-    stride: int | None = None,
-    id_column: str = "item_id",
-    timestamp_column: str = "timestamp",
-    target: str | Sequence[str] = "target",
-    quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
-    interval: tuple[float, float] = (0.1, 0.9),
-    seasonality: int | None = None,
-    num_samples: int = 256,
-    samples_per_batch: int | None = None,
-    batch_size: int = DEFAULT_FRAME_BATCH_SIZE,
-    seed: int | None = None,
     show_progress: bool | None = None,
 ) -> BacktestParts:
     """:func:`backtest`'s first step on the items ``df`` holds (all of them, or one worker's
     share): their windows' forecasts and each (item, window, target) row's totals."""
     pd = require_pandas()
-    check_int("prediction_length", prediction_length)
-    check_int("windows", windows)
-    stride = prediction_length if stride is None else stride
-    check_int("stride", stride)
-    if seasonality is not None:
-        check_int("seasonality", seasonality)
-    levels = check_quantile_levels(quantile_levels)
-    low, high = _interval_columns(interval, levels)
-    check_int("num_samples", num_samples)
+    horizon, levels = frame.prediction_length, list(frame.quantile_levels)
+    low, high = _interval_columns(options.interval, levels)
     panel = read_panel(
-        df, None, id_column=id_column, timestamp_column=timestamp_column, target=target,
-        prediction_length=prediction_length,
-    )
-    windowed = cut_windows(panel, prediction_length, windows, stride)
-    seasons = {item.item_id: seasonality or seasonality_of(item.step) for item in panel.items}
-    summaries = pipeline.predict_panel(
-        windowed,
-        prediction_length,
-        levels,
-        num_samples,
-        num_samples if samples_per_batch is None else samples_per_batch,
-        batch_size,
-        seed=seed,
-        show_progress=show_progress,
-    )
+        df, None, id_column=frame.id_column, timestamp_column=frame.timestamp_column, target=frame.targets,
+        prediction_length=horizon,
+    )  # fmt: skip
+    windowed = cut_windows(panel, horizon, options.windows, options.stride_for(horizon))
+    seasons = {item.item_id: options.seasonality or seasonality_of(item.step) for item in panel.items}
+    summaries = pipeline.predict_panel(windowed, frame, show_progress=show_progress)
     forecasts = forecast_frame(windowed, summaries, levels)
-    rows_per_window = len(panel.targets) * prediction_length
-    window_ids = np.tile(np.arange(windows), len(panel.items))
+    rows_per_window = len(panel.targets) * horizon
+    window_ids = np.tile(np.arange(options.windows), len(panel.items))
     forecasts.insert(2, "window", np.repeat(window_ids, rows_per_window))
     cutoffs = pd.Index([item.timestamps[-1] for item in windowed.items])
     forecasts.insert(3, "cutoff", cutoffs.repeat(rows_per_window))
 
-    scored = _Scored.of(panel, windowed, summaries, seasons, prediction_length, levels, (low, high))
+    scored = _Scored.of(panel, windowed, summaries, seasons, horizon, levels, (low, high))
     keys = pd.DataFrame(
         {
-            id_column: pd.Index([item.item_id for item in windowed.items]).repeat(len(panel.targets)),
+            frame.id_column: pd.Index([item.item_id for item in windowed.items]).repeat(len(panel.targets)),
             "window": np.repeat(window_ids, len(panel.targets)),
             "cutoff": cutoffs.repeat(len(panel.targets)),
             "target_name": np.tile(np.array(panel.targets, dtype=object), len(windowed.items)),

@@ -1,20 +1,8 @@
 """Forecast metrics with the definitions of GluonTS's ``gluonts.ev`` (pure numpy).
 
-Layout: arrays are ``[..., time]``; the leading dimensions are flattened into
-one "series" dimension, so every metric sees the 2-D ``[series, time]`` batch
-that ``gluonts.model.evaluate_forecasts`` builds for univariate data. ``axis``
-follows gluonts on that batch:
-
-* ``None``: one number for everything, aggregated the way gluonts does (each
-  docstring says how);
-* ``1``: one value per series, returned with the leading shape of ``actual``;
-* ``0``: one value per time step, shape ``[time]``.
-
-Missing data: non-finite values in ``actual`` or ``past`` are missing and left
-out, as gluonts' default ``mask_invalid_label=True`` does. Forecasts must be
-finite (gluonts rejects NaN forecasts by default). Point forecasts are passed
-explicitly; gluonts' defaults are the median (``"0.5"``) for MAE and MASE and
-the mean for RMSE.
+Arrays are ``[..., time]``, the leading dimensions flattened into series; ``axis`` is
+gluonts' (``None``: one number, ``1``: per series, ``0``: per step). Non-finite actuals are
+missing and left out; forecasts must be finite. Details: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,17 +1,16 @@
-"""Data files for the long-format commands: CSV or Parquet in, CSV or Parquet out, written atomically.
+"""Data files for the commands: CSV or Parquet in, CSV or Parquet out, written atomically.
 
-Reading goes through pandas (``read_csv``, ``read_parquet``); a :class:`DataFile` remembers
-enough about where each row came from to turn a :class:`toto.frames.CellError` (which names a
-frame's index label) into ``FILE, line N, column 'x'`` for CSV, or ``FILE, row N, column 'x'``
-for Parquet. Every output goes to a temporary file in its destination's folder and is
-``os.replace``-d into place only once all of a command's outputs are complete
-(:class:`StagedOutputs`), so a failure never leaves a half-written file, nor spoils an old one.
+Reading goes through pandas; a :class:`DataFile` remembers where each row came from, so that
+a :class:`toto.frames.CellError` (which names a frame's index label) reads ``FILE, line N,
+column 'x'`` (CSV) or ``FILE, row N, column 'x'`` (Parquet). Outputs go to temporary files
+beside their destinations and are moved into place together once complete (:class:`StagedOutputs`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import warnings
 from contextlib import contextmanager
@@ -19,14 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
+
+from ..errors import UserError, one_line
 from .panel import CellError, require_pandas
 
 INPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SUPPORTED = ".csv, .parquet, .pq"
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+RAGGED_ROW = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")  # pandas' C parser
 
 
-class DataFileError(Exception):
+class DataFileError(UserError):
     """A bad data file or output path: one error line on stderr, exit code 2."""
 
 
@@ -77,17 +80,22 @@ class DataFile:
         return [str(name) for name in self.frame.columns]
 
 
-def read_data_file(path: Path, *, text_columns: Sequence[str] = ()) -> DataFile:
-    """Read a CSV or Parquet file (by suffix) into a :class:`DataFile`.
+def read_data_file(
+    path: Path, *, text_columns: Sequence[str] = (), fmt: str | None = None, keep_empty_rows: bool = False
+) -> DataFile:
+    """Read a CSV or Parquet file (``fmt``, by default by suffix) into a :class:`DataFile`.
 
-    In CSV, ``text_columns`` (such as the item id) are read as text, so ``007`` stays ``007``.
+    In CSV, ``text_columns`` (such as the item id) are read as text, so ``007`` stays ``007``;
+    the cells pandas reads as missing (empty, ``NA``, ``n/a``, ``null``, ``nan``, ...) are NaN.
+    Blank lines are skipped; so are rows of empty cells (``,,``) unless ``keep_empty_rows``
+    (a wide table's time step where every value is missing).
     A missing file, an unreadable one or a parse failure is a :class:`DataFileError` naming the file.
     """
-    fmt = input_format(path)
+    fmt = fmt or input_format(path)
     if not path.is_file():
         raise DataFileError(f"{path}: cannot read ({'is a folder' if path.is_dir() else 'no such file'})")
     if fmt == "csv":
-        return _read_csv(path, text_columns)
+        return _read_csv(path, text_columns, keep_empty_rows)
     return _read_parquet(path)
 
 
@@ -99,7 +107,7 @@ def pandas_module() -> Any:
         raise DataFileError(str(err)) from None
 
 
-def _read_csv(path: Path, text_columns: Sequence[str]) -> DataFile:
+def _read_csv(path: Path, text_columns: Sequence[str], keep_empty_rows: bool) -> DataFile:
     pd = pandas_module()
     try:
         with warnings.catch_warnings():
@@ -119,15 +127,43 @@ def _read_csv(path: Path, text_columns: Sequence[str]) -> DataFile:
     except UnicodeDecodeError as err:
         raise DataFileError(f"{path}: cannot read as UTF-8 text ({err.reason} at byte {err.start})") from None
     except (OSError, ValueError) as err:  # pandas' ParserError is a ValueError and names the line
-        raise DataFileError(f"{path}: cannot read as CSV ({_one_line(err)})") from None
-    names = [str(name) for name in frame.columns]
+        if ragged := RAGGED_ROW.search(str(err)):
+            expected, line, fields = ragged.groups()
+            raise DataFileError(f"{path}: cannot read as CSV (line {line}: {fields} fields, but the header has "
+                                f"{expected})") from None
+        raise DataFileError(f"{path}: cannot read as CSV ({one_line(err)})") from None
+    names = _header(pd, path, len(frame.columns))
     if len(set(names)) != len(names):
         raise DataFileError(f"{path}: the header repeats a column name: {', '.join(names)}")
-    frame = frame.dropna(how="all")  # blank lines; the labels of the other rows are kept
+    header_newlines = sum(name.count("\n") for name in names)
+    empty = frame.isna().all(axis=1)
+    if keep_empty_rows and empty.any():
+        frame = frame.drop(index=_blank_lines(DataFile(path, "csv", frame, header_newlines), frame.index[empty]))
+    else:
+        frame = frame[~empty]  # blank lines; the labels of the other rows are kept
     if frame.empty:
         raise DataFileError(f"{path}: no data rows after the header")
-    header_newlines = sum(name.count("\n") for name in names)
     return DataFile(path, "csv", frame, header_newlines)
+
+
+def _blank_lines(data: DataFile, rows: Any) -> list[Any]:
+    """Those of ``rows`` (all cells missing) that are blank lines, not records of empty cells."""
+    frame = data.frame
+    breaks = np.zeros(len(frame))  # line breaks inside each record's quoted cells
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            breaks += frame[name].str.count("\n").fillna(0).to_numpy()
+    # Each record's first line, as DataFile.line finds it, for all rows at once.
+    starts = frame.index.to_numpy() + 2 + data.header_newlines + np.cumsum(breaks) - breaks
+    lines = re.split(r"\r\n|\r|\n", data.path.read_text(encoding="utf-8-sig"))
+    first_line = dict(zip(frame.index, starts))
+    return [row for row in rows if not lines[int(first_line[row]) - 1].strip()]
+
+
+def _header(pd: Any, path: Path, count: int) -> list[str]:
+    """The header's names as written: read_csv renames a repeated ``a`` to ``a.1``."""
+    row = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    return [str(name) for name in row.iloc[0].tolist()[:count]]
 
 
 def _read_parquet(path: Path) -> DataFile:
@@ -137,7 +173,7 @@ def _read_parquet(path: Path) -> DataFile:
     except ImportError as err:
         raise DataFileError(f"{path}: reading Parquet needs pyarrow: {err}") from None
     except Exception as err:  # noqa: BLE001  pyarrow's errors (ArrowInvalid, OSError, ...) for a bad file
-        raise DataFileError(f"{path}: cannot read as Parquet ({_one_line(err)})") from None
+        raise DataFileError(f"{path}: cannot read as Parquet ({one_line(err)})") from None
     # A stored index: named levels become columns again; row labels become positions either way.
     named = any(name is not None for name in frame.index.names)
     frame = frame.reset_index(drop=not named)
@@ -213,11 +249,6 @@ def _value_problem(cell: Any, *, future: bool) -> str:
     if math.isnan(number):
         return "missing; the known future values of an exogenous column must all be given" if future else "missing"
     return f"{_shown(cell)} is not a number"
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 def check_output_path(path: Path, option: str) -> None:
@@ -297,6 +328,6 @@ def frame_writer(frame: Any, path: Path) -> Callable[[Path], None]:
         except ImportError as err:
             raise DataFileError(f"cannot write {path}: {err}") from None
         except (OSError, ValueError, TypeError) as err:  # pyarrow's ArrowInvalid/ArrowTypeError are among these
-            raise DataFileError(f"cannot write {path} ({_one_line(err)})") from None
+            raise DataFileError(f"cannot write {path} ({one_line(err)})") from None
 
     return write

@@ -381,6 +381,18 @@ def _continue(grid: Any, step: Any, count: int) -> Any:
     return _steps_from(grid[-1], step, count + 1)[1:]
 
 
+def series_step(stamps: Any) -> Any:
+    """The step of one series' increasing timestamps (a pandas Index, two or more), found as
+    :func:`read_panel` finds an item's: ``pandas.infer_freq`` (numbers: a constant gap), else the median gap."""
+    step = _infer_step(stamps)
+    return _median_gap(stamps, None) if step is None else step
+
+
+def steps_after(last: Any, step: Any, count: int) -> Any:
+    """The ``count`` timestamps after ``last``, ``step`` apart (an offset, a Timedelta or a number)."""
+    return _continue([last], step, count)
+
+
 def _future_values(future_df: Any, exogenous: tuple[str, ...], id_column: str, timestamp_column: str) -> dict:
     """Each item's validated known future, indexed by timestamp."""
     frame = future_df[[id_column, timestamp_column, *exogenous]].copy()

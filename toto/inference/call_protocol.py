@@ -1,22 +1,14 @@
 """Decoding through the model's call protocol, one call per patch, as upstream's forecaster does.
 
-This is the slow path. The forecaster takes it for ``use_kv_cache=False``, and for a model
-that is not our :class:`~toto.model.backbone.TotoBackbone` (a wrapper, a test double,
-upstream's own backbone) but follows upstream's protocol:
-
-* ``model(inputs=, input_padding_mask=, id_mask=, kv_cache=, scaling_prefix_length=,
-  num_exogenous_variables=)`` returns ``(distribution, loc, scale)``: a distribution in
-  the scaled space over the last ``T`` steps (``T`` >= one patch) and the scaler's
-  ``loc``/``scale`` over at least those steps;
-* ``model.allocate_kv_cache(batch_size=, num_variates=, max_time_steps=, device=, dtype=)``
-  returns a cache to pass back, or None.
-
-Each call sees the whole grown series; a model with a cache encodes only its newest patch.
+The slow path: the forecaster takes it for ``use_kv_cache=False`` and for a model that is not
+our :class:`~toto.model.backbone.TotoBackbone` but follows upstream's protocol (see
+:func:`decode_by_calls`). Each call sees the whole grown series.
 """
 
 from __future__ import annotations
 
 import torch
+from einops import repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.distributions import Distribution
@@ -38,10 +30,21 @@ def decode_by_calls(
     use_kv_cache: bool = False,
 ) -> Float[Tensor, "rows variate steps_x_patch"]:
     """``num_steps`` patches after ``series`` (whole patches): the mean path, or ``sample_rows`` draws
-    per series laid out (draw, series). Known future values replace the last ``future.shape[1]`` variates."""
+    per series laid out (draw, series). Known future values replace the last ``future.shape[1]`` variates.
+
+    ``model`` follows upstream's protocol (our backbone, a wrapper, a test double, upstream's own):
+
+    * ``model(inputs=, input_padding_mask=, id_mask=, kv_cache=, scaling_prefix_length=,
+      num_exogenous_variables=)`` returns ``(distribution, loc, scale)``: a distribution in
+      the scaled space over the last ``T`` steps (``T`` >= one patch) and the scaler's
+      ``loc``/``scale`` over at least those steps;
+    * ``model.allocate_kv_cache(batch_size=, num_variates=, max_time_steps=, device=, dtype=)``
+      returns a cache to pass back, or None; a model with a cache encodes only the newest patch.
+    """
     if sample_rows is not None:
-        series, observed, ids = (t.repeat(sample_rows, 1, 1) for t in (series, observed, ids))
-        future = None if future is None else future.repeat(sample_rows, 1, 1)
+        layout = "series variate time -> (draw series) variate time"
+        series, observed, ids = (repeat(t, layout, draw=sample_rows) for t in (series, observed, ids))
+        future = None if future is None else repeat(future, layout, draw=sample_rows)
     rows, variates, prefix_length = series.shape
     cache = None
     if use_kv_cache:

@@ -1,20 +1,10 @@
 """Decode state: prefill a context once, then append one patch per step, every sample row sharing the context.
 
-All decoding state lives in preallocated buffers that the functions here update
-in place: the KV cache, the running float64 scaler sums, the newest patch, the
-time position (a 0-d device tensor) and, for a context, the next patch's
-distribution and the exogenous variates' known future. Every function is a tensor function with static shapes that reads
-nothing back to the host and re-binds no tensor, so each compiles to one graph
-that CUDA graphs can replay; buffers are marked as static addresses for that
-reason. How many patches a cache holds is host bookkeeping, done by the caller
-(``KVCache.length``).
-
-One call is: :func:`prefill` (context rows), then for sampling :func:`begin` per sample
-batch, then :func:`decode_step` per patch. Draws come from torch's generator, or, in the
-``keyed_*`` functions, from each series' own stream (:mod:`.keyed_random`), keyed by
-``ContextBuffers.keys``, the sample's index and the decoded patch's index. The mean path decodes in the context's own
-buffers; sample rows decode in buffers of their own that cache only the decoded patches
-and read the context's cache as a shared prefix (:class:`~toto.model.kv_cache.PrefixedCache`).
+State lives in preallocated buffers updated in place (KV cache, float64 scaler sums, newest patch,
+time position as a 0-d tensor, next patch's distribution, known exogenous future). Every function
+has static shapes, reads nothing back to the host and re-binds no tensor, so each compiles to one
+graph that CUDA graphs can replay. A call: :func:`prefill`, then per sample batch :func:`begin`,
+then :func:`decode_step` per patch; the ``keyed_*`` functions draw from per-series streams.
 """
 
 from __future__ import annotations
@@ -22,6 +12,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple
 
 import torch
+from einops import rearrange, repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -105,6 +96,7 @@ class KnownFuture(NamedTuple):
         """``patch`` (rows laid out (block, series)) with its known variates set to their values at ``position``."""
         rows = self.known.shape[0]
         at = self.values.index_select(2, position.reshape(1)).squeeze(2)
+        # "(block series) ... -> block series ..." and back; torch, not einops: this runs every decode step.
         blocks = patch.unflatten(0, (-1, rows))
         return torch.where(self.known, at.to(patch.dtype), blocks).flatten(0, 1)
 
@@ -143,6 +135,11 @@ class ContextBuffers(NamedTuple):
 
     def tensors(self) -> list[Tensor]:
         return [*self.state.tensors(), *self.head, *self.future, self.first_real, self.keys]
+
+
+def as_rows(t: Float[Tensor, "block series ..."]) -> Float[Tensor, "block_x_series ..."]:
+    """Blocks of per-series tensors (samples, draws) as decode rows, laid out (block, series)."""
+    return rearrange(t, "block series ... -> (block series) ...")
 
 
 def mark_static(tensors: Iterable[Tensor]) -> None:
@@ -211,18 +208,16 @@ def keyed_begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
 
 
 def _start(buffers: DecodeBuffers, context: ContextBuffers, first_patch: Tensor) -> None:
-    batch = context.state.rows
-    repeats = buffers.rows // batch
-    for dst, src in zip(buffers.scaler, context.state.scaler):
-        dst.unflatten(0, (repeats, batch)).copy_(src)
-    buffers.last_ids.unflatten(0, (repeats, batch)).copy_(context.state.last_ids)
+    blocks = buffers.rows // context.state.rows
+    for dst, src in zip((*buffers.scaler, buffers.last_ids), (*context.state.scaler, context.state.last_ids)):
+        dst.copy_(repeat(src, "series variate -> (block series) variate", block=blocks))
     buffers.position.copy_(context.state.position)
     buffers.patch.copy_(first_patch)
 
 
 def draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_batch variate patch"]:
     """``count`` draws of the context's next patch (known variates set), rows laid out (draw, series)."""
-    drawn = next_patch(context.head.distribution(), sample=True, draws=(count,)).flatten(0, 1)
+    drawn = as_rows(next_patch(context.head.distribution(), sample=True, draws=(count,)))
     return context.future.apply(drawn, context.state.position)
 
 
@@ -234,7 +229,7 @@ def keyed_draw(context: ContextBuffers, count: int) -> Float[Tensor, "count_x_ba
 def _keyed_draw(context: ContextBuffers, count: int, first_sample: Int[Tensor, ""]) -> Tensor:
     distribution = context.head.distribution()
     uniforms = _uniforms(context, distribution, first_sample, count, torch.zeros_like(first_sample))
-    drawn = replace_extreme_values(distribution.sample_from(uniforms)).flatten(0, 1)
+    drawn = as_rows(replace_extreme_values(distribution.sample_from(uniforms)))
     return context.future.apply(drawn, context.state.position)
 
 

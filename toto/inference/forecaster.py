@@ -21,7 +21,7 @@ from ..model.backbone import TotoBackbone, exogenous_variates
 from ..arguments import check_int, check_representable
 from .capacity import MAX_BUFFER_SETS, bucket_capacity, decode_capacity
 from .inputs import as_masked, checked_keys, known_future, mask_missing
-from .memory import check_memory, pooled_bytes
+from .memory import fit_samples_per_batch, pooled_bytes
 from .call_protocol import decode_by_calls
 from .decoding import (
     ContextBuffers,
@@ -129,6 +129,9 @@ class TotoForecaster:
         self._known_set: set[int] = set()  # ids of the context buffers whose known-future mask is set
         # Buffers and compiled graphs are shared by every call: one forecast at a time.
         self._lock = threading.RLock()
+        # Sample rows per series the last call decoded at once (None: a mean path or a refused call);
+        # less than asked where the memory guard shrank the batch to fit.
+        self.last_samples_per_batch: int | None = None
 
     @property
     def patch_size(self) -> int:
@@ -276,6 +279,7 @@ class TotoForecaster:
         hide_leading_padding: bool = False,
         sample_keys: Tensor | None = None,
     ) -> Forecast:
+        self.last_samples_per_batch = None
         series, observed, ids = self._prepare(inputs)
         keys = None if sample_keys is None else checked_keys(sample_keys, series.shape[0], series.device)
         patch = self.patch_size
@@ -285,8 +289,10 @@ class TotoForecaster:
         )
         batch, variates, length = series.shape
         num_context = -(-length // patch)  # patches, the first one left-padded
-        if self._native:  # the estimate reads our backbone's config
-            check_memory(
+        if num_samples is not None:
+            samples_per_batch = min(samples_per_batch, num_samples)
+        if self._native:  # the estimate reads our backbone's config; a CPU has no OOM error to back off from
+            samples_per_batch = fit_samples_per_batch(
                 self.model,
                 batch=batch,
                 variates=variates,
@@ -299,6 +305,8 @@ class TotoForecaster:
                 use_kv_cache=use_kv_cache,
                 reusable_bytes=pooled_bytes(self._buffers.values()),
             )
+        if num_samples is not None:
+            self.last_samples_per_batch = samples_per_batch
 
         if not (use_kv_cache and self._native):
             series, observed, id_patches = self._stage(series, observed, ids, num_context)

@@ -1,22 +1,6 @@
-"""GluonTS adapter: :class:`TotoPredictor` forecasts GluonTS datasets with :class:`TotoForecaster`.
-
-Same constructor, ``create_for_eval`` and ``predict`` as upstream's
-``toto.inference.gluonts_predictor``, so GluonTS backtests run on this package's
-(optionally compiled) forecaster. Differences, all invisible to the model:
-
-- One forecaster is kept per predictor and reused across ``predict`` calls, so
-  compiled graphs and decode buffers carry over; ``create_for_eval`` forwards
-  ``torch_compile`` and the other :class:`TotoForecaster` options, or takes a
-  ready ``forecaster``.
-- ``predict`` uses the KV cache by default (upstream re-encodes the whole series
-  every step); the mean forecast is the same.
-- Items of one batch with different shapes (say one and three variates) are
-  forecast in separate calls, never zero-padded into each other's attention.
-- Context timestamps are the periods just before the forecast start, and the time
-  interval is the length of the forecast-start period (Toto 1.0 reads neither).
-- ``output_transform`` is called as GluonTS declares it: ``(batch, array)``.
-
-Needs the optional extra: ``pip install "toto-compiled[gluonts]"``.
+"""GluonTS adapter: :class:`TotoPredictor` forecasts GluonTS datasets with :class:`TotoForecaster`,
+with upstream's constructor, ``create_for_eval`` and ``predict`` (differences, all invisible
+to the model: docs/ARCHITECTURE.md). Needs ``pip install "toto-compiled[gluonts]"``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Per-series random streams: draws that depend on (series key, sample, step) and on nothing else.
 
-With a seeded call, :class:`~toto.inference.forecaster.TotoForecaster` can draw each
-series' sample paths from its own stream, so an item's samples are the same whichever
-batch, worker or machine forecasts it. Torch's generators cannot do that inside one
-batched, compiled step (one generator serves the whole batch), so the uniforms come
-from a counter-based generator: each is a hash of its coordinates (the series' 64-bit
-key, the sample's index, the decoded patch's index, the variate, the step within the
-patch, the stream), computed with integer tensor ops that compile into the same graph
-as the model and never read anything back to the host.
-
-The hash is the 32-bit PCG hash (RXS-M-XS output permutation of one LCG step; Jarzynski
-and Olano, "Hash functions for GPU rendering", JCGT 2020), applied in int64 arithmetic
-whose products stay below 2**62, so it is exact on every backend.
+Seeded forecasts can draw each series' samples from its own stream, so an item's samples are
+the same whichever batch, worker or machine forecasts it. Each uniform is a hash of its
+coordinates (series key, sample, decoded patch, variate, step in the patch, stream): the 32-bit
+PCG hash (Jarzynski and Olano, JCGT 2020) in int64 arithmetic whose products stay below 2**62,
+so it is exact on every backend and compiles into the model's graph with no host sync.
 """
 
 from __future__ import annotations

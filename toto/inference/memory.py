@@ -1,33 +1,28 @@
-"""Refuse forecasts that cannot fit in memory, before anything big is allocated.
+"""Refuse or shrink forecasts that cannot fit in memory, before anything big is allocated.
 
-:func:`check_memory` compares a *lower bound* on the bytes a forecast needs with
-what the device has free, and raises ``ValueError`` naming the argument to
-change. It only counts what every code path must hold at once, at the smallest
-batch a caller may back off to (one sample row per series), so a request that
-fits is never refused; one that passes may still run out of memory later.
-
-The two terms counted:
-
-* the KV cache: per time-wise layer, keys and values of ``[batch * variates,
-  heads, capacity, head_dim]``, capacity being the context plus the decoded
-  patches rounded up to a bucket, for the context's buffers; and when sampling,
-  the sample rows' own cache of the decoded patches (they share the context's);
-  without a cache, the forward pass over the whole grown series still projects
-  one layer's keys and values;
-* the outputs: every sample path of the padded horizon, twice, because the
-  decoded patches and their concatenation are alive together.
-
-Everything is plain Python ``int`` arithmetic (no tensors, no overflow), so a
-check takes microseconds even for absurd requests.
+:func:`estimate_memory` is a *lower bound* on a forecast's peak bytes (KV caches and
+sample outputs; plain ``int`` arithmetic, microseconds even for absurd requests).
+:func:`fit_samples_per_batch` compares it with :func:`available_bytes` (on a CPU the
+smallest of free memory, the address-space limit and the cgroup's limits) and returns
+the largest ``samples_per_batch`` that fits, or raises ``ValueError`` naming the
+argument to change when even one sample row per series does not fit.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 from ..model.backbone import TotoBackbone
 from .capacity import bucket_capacity, decode_capacity
@@ -72,30 +67,41 @@ def estimate_memory(
     num_samples: int | None,
     dtype: torch.dtype,
     use_kv_cache: bool = True,
+    samples_per_batch: int = 1,
 ) -> MemoryEstimate:
-    """Lower bound on a forecast's peak memory at one sample row per series (see the module docstring).
+    """Lower bound on a forecast's peak memory when ``samples_per_batch`` sample rows per series decode at once.
 
-    ``dtype`` is the data dtype (inputs and forecasts); the cache is in the model's dtype.
+    Counted: the KV cache, per time-wise layer keys and values ``[rows, heads, slots,
+    head_dim]``: the context's rows (one per series and variate) over the context plus
+    the decoded patches, rounded up to a bucket, and when sampling the sample rows'
+    own cache of the decoded patches (without a cache: one layer's keys and values of
+    the whole grown series, for every row of a sample batch); and the outputs, every
+    sample path of the padded horizon ``OUTPUT_COPIES`` times (the batches and their
+    concatenation are alive together). ``dtype`` is the data dtype (inputs and
+    forecasts); the cache is in the model's dtype.
     """
     steps = -(-prediction_length // model.config.patch_size)
     rows = batch * variates
+    # Rows of a sample batch per context row; the mean path has none of its own.
+    repeats = 1 if num_samples is None else min(samples_per_batch, num_samples)
     if use_kv_cache:
-        cache = _kv_cache_bytes(model, rows, context_patches, steps, sampled=num_samples is not None)
+        sample_rows = 0 if num_samples is None or steps == 1 else rows * repeats  # one step only draws
+        cache = _kv_cache_bytes(model, rows, sample_rows, context_patches, steps)
     else:
-        cache = _uncached_kv_bytes(model, rows, context_patches, steps)
+        cache = _uncached_kv_bytes(model, rows * repeats, context_patches, steps)
     one_path = OUTPUT_COPIES * rows * steps * model.config.patch_size * dtype.itemsize
     return MemoryEstimate(cache, one_path * (num_samples or 1), one_path)
 
 
-def _kv_cache_bytes(model: TotoBackbone, rows: int, context_patches: int, steps: int, *, sampled: bool) -> int:
-    """Keys and values of every time-wise layer: the context's rows and, when sampling, one sample row each."""
+def _kv_cache_bytes(model: TotoBackbone, rows: int, sample_rows: int, context_patches: int, steps: int) -> int:
+    """Keys and values of every time-wise layer: the context's ``rows`` and the ``sample_rows``."""
     config = model.config
     layers = max(1, model.transformer.num_time_layers)  # KVCache keeps at least one layer
-    per_slot = 2 * layers * rows * config.num_heads * config.head_dim * _model_itemsize(model)
-    slots = bucket_capacity(context_patches + steps - 1)
-    if sampled and steps > 1:  # sample rows decode in a cache of their own, of the decoded patches only
-        slots += decode_capacity(steps - 1)
-    return slots * per_slot
+    per_row_slot = 2 * layers * config.num_heads * config.head_dim * _model_itemsize(model)
+    context = rows * bucket_capacity(context_patches + steps - 1)
+    # Sample rows decode in a cache of their own, of the decoded patches only (the context's is shared).
+    samples = sample_rows * decode_capacity(steps - 1) if sample_rows else 0
+    return (context + samples) * per_row_slot
 
 
 def _uncached_kv_bytes(model: TotoBackbone, rows: int, context_patches: int, steps: int) -> int:
@@ -112,43 +118,137 @@ def _model_itemsize(model: TotoBackbone) -> int:
     return model.unembed.weight.dtype.itemsize  # the dtype decode buffers allocate their cache in
 
 
-def available_bytes(device: torch.device | str) -> int | None:
+@dataclass(frozen=True)
+class LimitFiles:
+    """Where a CPU's memory limits are read (Linux); tests point these at temporary files."""
+
+    meminfo: Path = Path("/proc/meminfo")
+    status: Path = Path("/proc/self/status")  # VmSize: the address space the process already uses
+    cgroups: Path = Path("/proc/self/cgroup")  # the process's cgroup in each hierarchy
+    cgroup_mount: Path = Path("/sys/fs/cgroup")  # v2 here; v1's memory controller under memory/
+
+
+LIMIT_FILES = LimitFiles()
+
+
+def available_bytes(device: torch.device | str, files: LimitFiles | None = None) -> int | None:
     """Bytes that allocations on ``device`` can still get, or None where that is unknown.
 
     CUDA: the driver's free memory plus what torch's caching allocator reserved but
-    does not use. CPU: the system's available memory plus free swap (both let an
-    allocation succeed); cgroup limits are not read, which can only let more through.
+    does not use. CPU: the smallest of the system's available memory plus free swap,
+    what the address-space limit (``RLIMIT_AS``) leaves, and what every memory cgroup
+    above the process leaves (``files``: where those are read, default ``LIMIT_FILES``).
     """
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
-        return _system_available_bytes()
+        return _cpu_available_bytes(files or LIMIT_FILES)
     return None
 
 
-def _system_available_bytes() -> int:
-    info = _read_meminfo()
+def _cpu_available_bytes(files: LimitFiles) -> int:
+    info = _read_table(files.meminfo)
     if "MemAvailable" in info:
-        return info["MemAvailable"] + info.get("SwapFree", 0)
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        system = info["MemAvailable"] + info.get("SwapFree", 0)
+    else:  # no /proc (e.g. macOS)
+        system = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limits = [system, *_cgroup_headroom(files, info.get("SwapFree", 0))]
+    address_space = _address_space_limit()
+    if address_space is not None:
+        limits.append(address_space - _read_table(files.status).get("VmSize", 0))
+    return max(0, min(limits))
 
 
-def _read_meminfo() -> dict[str, int]:
-    """``/proc/meminfo`` in bytes (empty where there is none, e.g. macOS)."""
+def _address_space_limit() -> int | None:
+    """The soft ``RLIMIT_AS`` (the one enforced), or None where unlimited or unknown."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else soft
+
+
+# Per cgroup version: the limit, the usage and memory.stat's reclaimable page cache.
+_CGROUP_V2 = ("memory.max", "memory.current", ("active_file", "inactive_file"))
+_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file"))
+
+
+def _cgroup_headroom(files: LimitFiles, swap_free: int) -> list[int]:
+    """What each memory cgroup from the process's own up to the mount's root leaves, v2 and v1.
+
+    A limit applies to everything below it, so every level counts. Usage includes page
+    cache the kernel reclaims before it kills, so the file pages are given back, as is
+    free swap the cgroup may use: the guard only refuses what cannot fit.
+    """
+    own = _own_cgroups(files.cgroups)
+    hierarchies = (
+        (files.cgroup_mount, own.get("", "/"), _CGROUP_V2),
+        (files.cgroup_mount / "memory", own.get("memory", "/"), _CGROUP_V1),
+    )
+    headroom = []
+    for root, path, (limit_file, usage_file, cache_keys) in hierarchies:
+        for folder in _up_to(root, path):
+            limit, usage = _read_number(folder / limit_file), _read_number(folder / usage_file)
+            if limit is None or usage is None:  # "max" or no limit here
+                continue
+            cache = _read_table(folder / "memory.stat")
+            reclaimable = sum(cache.get(key, 0) for key in cache_keys)
+            headroom.append(limit - usage + reclaimable + _cgroup_swap(folder, swap_free))
+    return headroom
+
+
+def _cgroup_swap(folder: Path, swap_free: int) -> int:
+    """Free swap a cgroup may use: v2 limits it apart (v1's memsw limit is not read: that only lets more through)."""
+    limit, usage = _read_number(folder / "memory.swap.max"), _read_number(folder / "memory.swap.current")
+    return swap_free if limit is None or usage is None else min(swap_free, max(0, limit - usage))
+
+
+def _own_cgroups(path: Path) -> dict[str, str]:
+    """The process's cgroup path by controller (``""``: the v2 hierarchy) from ``/proc/self/cgroup``."""
     try:
-        with open("/proc/meminfo") as f:
-            lines = f.readlines()
+        lines = path.read_text().splitlines()
     except OSError:
         return {}
-    info = {}
+    own = {}
     for line in lines:
-        name, _, rest = line.partition(":")
-        fields = rest.split()
+        fields = line.split(":", 2)  # hierarchy id, controllers, path
+        if len(fields) == 3:
+            own.update((controller, fields[2]) for controller in fields[1].split(","))
+    return own
+
+
+def _up_to(root: Path, cgroup: str) -> list[Path]:
+    """``root/cgroup`` and its parents up to ``root``, those that exist (in a container the
+    process's path may be the host's, and its own cgroup the mount's root)."""
+    folders = [root]
+    for part in (p for p in cgroup.split("/") if p and p != ".."):
+        folders.append(folders[-1] / part)
+    return [folder for folder in reversed(folders) if folder.is_dir()]
+
+
+def _read_number(path: Path) -> int | None:
+    """An int file of a cgroup; ``max`` (no limit) and unreadable or odd content: None."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _read_table(path: Path) -> dict[str, int]:
+    """A ``name value [kB]`` table (``/proc/meminfo``, ``/proc/self/status``, ``memory.stat``) in bytes,
+    ``name:`` colons allowed; empty where there is none."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    table = {}
+    for line in lines:
+        name, *fields = line.replace(":", " ", 1).split() or [""]
         if fields and fields[0].isdigit():
-            info[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
-    return info
+            table[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return table
 
 
 def pooled_bytes(buffer_sets: Iterable[HoldsTensors]) -> int:
@@ -156,7 +256,7 @@ def pooled_bytes(buffer_sets: Iterable[HoldsTensors]) -> int:
     return sum(t.numel() * t.element_size() for buffers in buffer_sets for t in buffers.tensors())
 
 
-def check_memory(
+def fit_samples_per_batch(
     model: TotoBackbone,
     *,
     batch: int,
@@ -169,38 +269,85 @@ def check_memory(
     device: torch.device,
     use_kv_cache: bool = True,
     reusable_bytes: int = 0,
-) -> None:
-    """Raise ``ValueError`` if the forecast cannot fit in ``device``'s memory.
+) -> int:
+    """The sample rows per series to decode at once: ``samples_per_batch`` (at most
+    ``num_samples``) if the forecast fits in ``device``'s memory, else the largest smaller
+    value that does, with a ``RuntimeWarning``; ``ValueError`` if even 1 does not fit.
 
-    ``samples_per_batch`` does not enter the bound: a caller may back off to one
-    sample row per series, so the bound assumes that. ``reusable_bytes``: memory the
-    caller already holds and may reuse for this forecast (:func:`pooled_bytes` of
-    its decode buffers); it counts as available, or a repeated large call that
-    reuses its buffers would be refused.
+    A CPU has no out-of-memory error to back off from, so this sizes the batch up front.
+    ``reusable_bytes``: memory the caller already holds and may reuse for this forecast
+    (:func:`pooled_bytes` of its decode buffers); it counts as available, or a repeated
+    large call that reuses its buffers would be refused.
     """
+    request = _request(batch, variates, context_patches, prediction_length, num_samples, dtype, use_kv_cache)
+    wanted = samples_per_batch if num_samples is None else min(samples_per_batch, num_samples)
+    fits, needed, available = _largest_fitting(model, request, wanted, device, reusable_bytes)
+    if fits < wanted:
+        warnings.warn(
+            f"samples_per_batch={wanted} would need at least {format_bytes(needed)} but only "
+            f"{format_bytes(available)} is available on {torch.device(device)}; using samples_per_batch={fits}",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of TotoForecaster.forecast
+        )
+    return fits
+
+
+def check_memory(model: TotoBackbone, **request: Any) -> None:
+    """Raise ``ValueError`` if the forecast cannot fit in memory even at one sample row per
+    series, the batch :func:`fit_samples_per_batch` may shrink to; ``request``: its arguments."""
+    fit_samples_per_batch(model, **{**request, "samples_per_batch": 1})
+
+
+def _request(
+    batch: int,
+    variates: int,
+    context_patches: int,
+    prediction_length: int,
+    num_samples: int | None,
+    dtype: torch.dtype,
+    use_kv_cache: bool,
+) -> dict:
+    """:func:`estimate_memory`'s arguments, less ``samples_per_batch``."""
+    return {
+        "batch": batch,
+        "variates": variates,
+        "context_patches": context_patches,
+        "prediction_length": prediction_length,
+        "num_samples": num_samples,
+        "dtype": dtype,
+        "use_kv_cache": use_kv_cache,
+    }
+
+
+def _largest_fitting(
+    model: TotoBackbone, request: dict, wanted: int, device: torch.device, reusable_bytes: int
+) -> tuple[int, int, int]:
+    """``(largest samples_per_batch <= wanted that fits, bytes wanted needs, bytes available)``."""
     available = available_bytes(device)
     if available is None:
-        return
+        return wanted, 0, 0
     available += reusable_bytes
-    request = dict(
-        batch=batch,
-        variates=variates,
-        context_patches=context_patches,
-        prediction_length=prediction_length,
-        num_samples=num_samples,
-        dtype=dtype,
-        use_kv_cache=use_kv_cache,
-    )
-    estimate = estimate_memory(model, **request)
-    if estimate.total <= available:
-        return
-    backed_off = ", even at samples_per_batch=1" if samples_per_batch > 1 else ""
-    raise ValueError(
-        f"{_culprit(model, request)}: this forecast needs at least {format_bytes(estimate.total)} "
-        f"({format_bytes(estimate.cache_bytes)} KV cache, {format_bytes(estimate.output_bytes)} outputs{backed_off}) "
-        f"but only {format_bytes(available)} is available on {torch.device(device)}"
-        f"{_hint(estimate, available, num_samples)}"
-    )
+
+    def needs(per_batch: int) -> int:
+        return estimate_memory(model, **request, samples_per_batch=per_batch).total
+
+    needed = needs(wanted)
+    if needed <= available:
+        return wanted, needed, available
+    smallest = estimate_memory(model, **request)  # at one sample row per series
+    if smallest.total > available:
+        backed_off = ", even at samples_per_batch=1" if wanted > 1 else ""
+        raise ValueError(
+            f"{_culprit(model, request)}: this forecast needs at least {format_bytes(smallest.total)} "
+            f"({format_bytes(smallest.cache_bytes)} KV cache, {format_bytes(smallest.output_bytes)} outputs{backed_off}) "
+            f"but only {format_bytes(available)} is available on {torch.device(device)}"
+            f"{_hint(smallest, available, request['num_samples'])}"
+        )
+    fits, too_big = 1, wanted  # the need grows with the batch: bisect, bit_length(wanted) estimates
+    while too_big - fits > 1:
+        middle = (fits + too_big) // 2
+        fits, too_big = (middle, too_big) if needs(middle) <= available else (fits, middle)
+    return fits, needed, available
 
 
 def _culprit(model: TotoBackbone, request: dict) -> str:

@@ -25,16 +25,18 @@ class _Attention(nn.Module):
     def _qkv(self, x: Float[Tensor, "rows seq embed"]) -> tuple[Tensor, Tensor, Tensor]:
         # The checkpoint orders the fused projection as (qkv, head_dim, heads):
         # heads vary fastest, unlike the output projection's (heads, head_dim).
-        qkv = self.wQKV(x).unflatten(-1, (3, self.head_dim, self.num_heads))
+        # "rows seq (qkv dim heads) -> qkv rows heads seq dim" in einops' notation. No einops in this
+        # module: it runs per layer per decode step, where einops' call overhead showed in eager decoding.
+        qkv = self.wQKV(x).unflatten(-1, (3, self.head_dim, self.num_heads)).permute(2, 0, 4, 1, 3)
         # Contiguous head_dim: with a strided one, SDPA on CPU falls back to its math kernel (about 5x slower).
-        q, k, v = (t.contiguous() for t in qkv.permute(2, 0, 4, 1, 3).unbind(0))  # each [rows, heads, seq, head_dim]
+        q, k, v = (t.contiguous() for t in qkv.unbind(0))
         return q, k, v
 
     def _dropout_p(self) -> float:
         return self.dropout if self.training else 0.0
 
     def _out(self, y: Float[Tensor, "rows heads seq head_dim"]) -> Float[Tensor, "rows seq embed"]:
-        return self.wO(y.transpose(1, 2).flatten(-2))
+        return self.wO(y.transpose(1, 2).flatten(-2))  # rows heads seq dim -> rows seq (heads dim)
 
 
 class TimeAttention(_Attention):
@@ -54,7 +56,7 @@ class TimeAttention(_Attention):
         ``padding``: leading patches of each row to hide from every key (see :class:`LeadingPadding`).
         """
         batch, variates, seq, _ = x.shape
-        q, k, v = self._qkv(x.flatten(0, 1))
+        q, k, v = self._qkv(x.flatten(0, 1))  # one row per (batch, variate)
         q, k = apply_rotary(q, k, rotation)
         if isinstance(cache, PrefixedCache):
             if seq != 1:
@@ -135,11 +137,14 @@ def attend_after_prefix(
     cache.own.write(slot, own_positions, k, v)
     own_keys, own_values = cache.own.layer(slot)
     prefix_keys, prefix_values = cache.prefix.layer(slot)
-    rows, heads, _, head_dim = q.shape
+    head_dim = q.shape[-1]
     series = prefix_keys.shape[0]
 
-    def by_series(t: Tensor) -> Tensor:  # [block*series, heads, n] -> [series, heads, block, n]
-        return t.unflatten(0, (rows // series, series)).permute(1, 2, 0, 3)
+    def by_series(t: Tensor) -> Tensor:  # (block series) heads n -> series heads block n
+        return t.unflatten(0, (-1, series)).permute(1, 2, 0, 3)
+
+    def by_row(t: Tensor) -> Tensor:  # series heads block n -> (block series) heads 1 n
+        return t.permute(2, 0, 1, 3).flatten(0, 1)[:, :, None]
 
     q_by_series = by_series(q.squeeze(2))
     prefix_scores = q_by_series @ prefix_keys.to(q.dtype).transpose(-1, -2)
@@ -155,9 +160,7 @@ def attend_after_prefix(
     scores = scores.masked_fill(~valid, float("-inf"))
     weights = scores.softmax(dim=-1).to(q.dtype)
     prefix_weights, own_weights = weights.split((prefix_keys.shape[2], own_keys.shape[2]), dim=-1)
-    from_prefix = (prefix_weights @ prefix_values.to(q.dtype)).permute(2, 0, 1, 3).flatten(0, 1)
-    from_own = own_weights.permute(2, 0, 1, 3).flatten(0, 1)[:, :, None] @ own_values.to(q.dtype)
-    return from_prefix[:, :, None] + from_own
+    return by_row(prefix_weights @ prefix_values.to(q.dtype)) + by_row(own_weights) @ own_values.to(q.dtype)
 
 
 class SpaceAttention(_Attention):
@@ -168,13 +171,13 @@ class SpaceAttention(_Attention):
         x: Float[Tensor, "batch variate seq embed"],
         same_id: Bool[Tensor, "batch_x_seq 1 variate variate"],
     ) -> Float[Tensor, "batch variate seq embed"]:
-        batch, variates, seq, _ = x.shape
-        q, k, v = self._qkv(x.transpose(1, 2).flatten(0, 1))
+        batch = x.shape[0]
+        q, k, v = self._qkv(x.transpose(1, 2).flatten(0, 1))  # one row per (batch, seq)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=same_id, dropout_p=self._dropout_p())
-        return self._out(y).unflatten(0, (batch, seq)).transpose(1, 2)
+        return self._out(y).unflatten(0, (batch, -1)).transpose(1, 2)
 
 
 def same_id_mask(id_patches: Int[Tensor, "batch variate seq"]) -> Bool[Tensor, "batch_x_seq 1 variate variate"]:
     """Block mask: variate i may attend to variate j at a patch iff their ids match there."""
-    ids = id_patches.transpose(1, 2).flatten(0, 1)  # [batch*seq, variate]
+    ids = id_patches.transpose(1, 2).flatten(0, 1)  # [(batch seq), variate]
     return (ids[:, :, None] == ids[:, None, :]).unsqueeze(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from einops import rearrange, reduce, repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
@@ -76,7 +77,7 @@ class TotoBackbone(nn.Module):
         labels = self.target_variate_label.expand(variates, -1)
         if exogenous is not None:
             labels = torch.where(exogenous[:, None], self.exogenous_variate_label, labels)
-        return labels[None, :, None].expand(batch, -1, -1, -1)
+        return repeat(labels, "variate embed -> batch variate 1 embed", batch=batch)
 
     def build_variate_label_embeds(
         self, num_exogenous_variables: int, embeddings: Float[Tensor, "batch variate seq embed"]
@@ -149,8 +150,10 @@ class TotoBackbone(nn.Module):
 
     def head(self, hidden: Float[Tensor, "batch variate patches embed"]) -> MixtureOfStudentT:
         """Per-step mixture for the patch *after* each input patch, in the scaled space."""
-        features = self.unembed(hidden).unflatten(-1, (self.patch_size, self.embed_dim))
-        return self.output_distribution(features.flatten(2, 3))
+        features = rearrange(
+            self.unembed(hidden), "batch variate seq (step embed) -> batch variate (seq step) embed", step=self.patch_size
+        )
+        return self.output_distribution(features)
 
     def fast_head(self, hidden: Float[Tensor, "batch variate patches embed"]) -> MixtureOfStudentT:
         """:meth:`head` through one folded matrix (:mod:`toto.model.fused_head`); equal up to rounding.
@@ -168,7 +171,7 @@ class TotoBackbone(nn.Module):
 
     def id_patches(self, id_mask: Tensor, like: Tensor) -> Int[Tensor, "batch variate patches"]:
         """One id per patch (its minimum, as upstream); ``id_mask`` may broadcast over variates or time."""
-        return id_mask.expand_as(like).unflatten(-1, (-1, self.patch_size)).amin(-1)
+        return reduce(id_mask.expand_as(like), "... (patches step) -> ... patches", "min", step=self.patch_size)
 
     def forward(
         self,

@@ -1,12 +1,9 @@
 """The output head: a mixture of Student-T distributions, and an affine wrapper.
 
-Sampling never calls ``torch.multinomial`` or reads values back to the host:
-the component is chosen by inverse CDF (one uniform per draw against the
-cumulative mixture weights), and a Student-T draw is ``normal / sqrt(chi2(df) /
-df)`` with ``chi2 = 2 * Gamma(df / 2)``. :meth:`MixtureOfStudentT.sample_from`
-draws from given uniforms instead (per-series streams, see
-:mod:`toto.inference.keyed_random`): Gamma draws need a varying number of them, so
-there the Student-T draw is Bailey's polar method, which needs exactly two.
+Sampling never calls ``torch.multinomial`` or reads values back to the host: the
+component is chosen by inverse CDF, and a Student-T draw is ``normal / sqrt(chi2(df) / df)``.
+:meth:`MixtureOfStudentT.sample_from` draws from given uniforms instead (Bailey's polar
+method, two uniforms per draw; per-series streams, see :mod:`toto.inference.keyed_random`).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """The output head with the unembedding folded in: one matrix product per patch instead of two.
 
-The model maps each hidden state to a whole patch of step features (``unembed``, embed ->
-patch x embed: a quarter of the published model's weights), then each step's features
-to the mixture's parameters (four embed -> k projections). Both maps are affine, so
-their composition is one embed -> patch x 4k map: 4.7M weights instead of 42M at the
-published size. Decoding through it costs a quarter fewer FLOPs per row, and a step
-reads 150 MB less.
-
-The fold is computed in float64 from the current weights, so it differs from the
-two products only by rounding. It is recomputed whenever one of those weights changes
-(:meth:`FusedHead.refresh` compares storage and version counters, host-side, before
-every forecast), so a fine-tuned or reloaded model never decodes with stale weights.
+``unembed`` (embed -> patch x embed) and the four embed -> k projections are both affine, so
+their composition is one embed -> patch x 4k map: 4.7M weights instead of 42M at the published
+size. It is folded in float64 from the current weights (so it differs only by rounding) and
+refolded whenever one of them changes (:meth:`FusedHead.refresh`, host-side, before every forecast).
 """
 
 from __future__ import annotations
@@ -62,5 +55,7 @@ class FusedHead(nn.Module):
         """The mixture of every step of the patch after each hidden state: ``[batch, variate, seq * patch]``."""
         if self.weight is None:
             raise RuntimeError("FusedHead.refresh() must run before the fused head is used")
+        # "batch variate seq (step projection k) -> projection batch variate (seq step) k", as refresh
+        # folds the rows; torch, not einops: this runs every decode step.
         raw = F.linear(hidden, self.weight, self.bias).unflatten(-1, (patch_size, 4, -1)).flatten(2, 3)
         return MixtureOfStudentTsOutput.mixture(*raw.unbind(-2))

@@ -1,18 +1,10 @@
 """Static key/value cache for the time-wise attention layers.
 
-Buffers are allocated once, one pair per time-wise layer, each shaped ``[rows,
-heads, capacity, head_dim]``, and written in place at position *tensors*
-(``buffer[:, :, positions] = k``, an ``index_put_`` that inductor keeps in place;
-one stacked tensor written through per-layer views was copied whole on every
-compiled write). Attention always spans the full capacity under a validity mask.
-The number of patches written so far lives on the host as a plain int
-(``length``) and is never read back from the device, so nothing here forces a
-sync or makes the compiler specialise on a changing length.
-
-Sample paths decode in a :class:`PrefixedCache`: each row caches only the patches it
-decoded, and reads the context from one shared prefix cache (one row per series)
-instead of a copy per sample, which saved both the copy and most of the memory
-traffic of every decode step.
+One buffer pair per time-wise layer, ``[rows, heads, capacity, head_dim]``, allocated once and
+written in place at position *tensors*; attention spans the full capacity under a validity mask.
+The count of patches written (``length``) is a host int, never read from the device.
+Sample paths decode in a :class:`PrefixedCache`: each row caches only its decoded patches and
+reads the context from one shared prefix cache (one row per series).
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ class PatchEmbedding(nn.Module):
         self.projection = nn.Linear(patch_size, embed_dim)
 
     def forward(self, x: Float[Tensor, "batch variate time"]) -> Float[Tensor, "batch variate patches embed"]:
+        # "... (patches step) -> ... patches step"; torch, not einops: this runs every decode step.
         return self.projection(x.unflatten(-1, (-1, self.patch_size)))
 
 

@@ -1,12 +1,9 @@
 """Rotary position embedding with xPos scaling, laid out exactly as Toto was trained.
 
-Two details decide parity with the published weights:
-
-* angles are interleaved pairwise (f0, f0, f1, f1, ...) and rotated with the
-  matching pairwise ``rotate_half``;
-* the xPos scale is centred *per call* on ``max(t) // 2`` and laid out
-  half-split, ``[s**power, s**power]``, which does not match the interleaved
-  angles. That mismatch is what the model learned with, so we keep it.
+Parity with the published weights needs two details: the angles are interleaved pairwise
+(f0, f0, f1, f1, ...) and rotated with the matching pairwise ``rotate_half``; the xPos scale
+is centred *per call* on ``max(t) // 2`` and laid out half-split (s0, s1, ..., s0, s1, ...),
+which does not match the angles. The model learned with that mismatch, so it stays.
 """
 
 from __future__ import annotations
@@ -45,12 +42,12 @@ class XPosRotaryEmbedding(nn.Module):
         half = torch.arange(0, self.head_dim, 2, device=positions.device, dtype=torch.float32)
         inv_freq = 1.0 / self.theta ** (half / self.head_dim)
         t = positions.to(torch.float32)
-        angles = (t[..., None] * inv_freq).repeat_interleave(2, dim=-1)
+        angles = (t[..., None] * inv_freq).repeat_interleave(2, dim=-1)  # "... (freq pair)": f0, f0, f1, f1, ...
         xpos_base = (half + 0.4 * self.head_dim) / (1.4 * self.head_dim)
         end = t.amax(-1) if last is None else last.to(torch.float32)
         power = (t - torch.floor(end / 2)[..., None]) / self.scale_base
         scale = xpos_base ** power[..., None]
-        scale = torch.cat((scale, scale), dim=-1)
+        scale = torch.cat((scale, scale), dim=-1)  # "... (half freq)": s0, s1, ..., s0, s1, ...
         cos, sin = angles.cos(), angles.sin()
         tables = torch.stack((cos * scale, sin * scale, cos / scale, sin / scale)).to(dtype)
         if positions.ndim == 2:

@@ -1,19 +1,10 @@
 """Toto's causal patch scaler, in the full-sequence form and the one-patch-at-a-time form.
 
-Statistics run in float64 (series such as prices at 3e4 lose digits in float32):
-causal mean and Welford M2 via cumulative sums, Bessel-corrected variance,
-``scale = sqrt(var + 0.1)``, optionally clamped to
-``[max(0.1, g * 10**-e), g * 10**e]`` where ``g`` is the global scale of the
-first ``prefix_length`` steps (the context). Each patch is scaled by the
-statistics at its *last* step.
-
-The running sums after the context form a :class:`ScalerState`, so decoding
-scales only the new patch yet reproduces the full-sequence values.
-
-:class:`CausalStdMeanScaler` and :class:`CausalPatchStdMeanScaler` expose the
-same statistics through upstream Toto's API (``padding_mask`` plus ``weights``,
-optional Bessel correction, no global clamp by default) for code written
-against upstream; the model itself uses :class:`CausalPatchScaler`.
+Statistics run in float64: causal mean and Welford M2 via cumulative sums, Bessel-corrected
+variance, ``scale = sqrt(var + 0.1)``, optionally clamped around the context's global scale
+(:func:`_global_scale_bounds`). Each patch is scaled by the statistics at its *last* step;
+the running sums after the context (:class:`ScalerState`) let decoding scale only the new patch.
+:class:`CausalStdMeanScaler` and :class:`CausalPatchStdMeanScaler` are upstream's API for them.
 """
 
 from __future__ import annotations
@@ -22,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
@@ -44,6 +36,11 @@ def _causal_moments(x64: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     previous_mean = F.pad(mean[..., :-1], (1, 0))
     m2 = torch.cumsum((x64 - previous_mean) * (x64 - mean) * w, dim=-1)
     return weight_sum, value_sum, mean, m2
+
+
+def _spread_over_patch(per_patch: Tensor, patch_size: int) -> Tensor:
+    """One value per patch -> the same value at each of the patch's steps."""
+    return repeat(per_patch, "... patches -> ... (patches step)", step=patch_size)
 
 
 def _causal_variance(weight_sum: Tensor, m2: Tensor, bessel: bool) -> Tensor:
@@ -94,8 +91,7 @@ class CausalPatchScaler(nn.Module):
         min_scale, max_scale = self._bounds(x64, w, x.shape[-1] if prefix_length is None else prefix_length)
         end = slice(self.patch_size - 1, None, self.patch_size)  # last step of each patch
         loc, scale = self._loc_scale(weight_sum[..., end], mean[..., end], m2[..., end], min_scale[..., None], max_scale[..., None])
-        loc = loc.to(x.dtype).repeat_interleave(self.patch_size, dim=-1)
-        scale = scale.to(x.dtype).repeat_interleave(self.patch_size, dim=-1)
+        loc, scale = (_spread_over_patch(t.to(x.dtype), self.patch_size) for t in (loc, scale))
         state = ScalerState(weight_sum[..., -1], value_sum[..., -1], m2[..., -1], min_scale, max_scale)
         return (x - loc) / scale, loc, scale, state
 
@@ -252,6 +248,5 @@ class CausalPatchStdMeanScaler(_UpstreamCausalScaler):
             raise ValueError(f"data's time length {data.shape[-1]} is not a multiple of patch_size {self.patch_size}")
         loc, scale = self._statistics(data, padding_mask, weights, prefix_length)
         end = slice(self.patch_size - 1, None, self.patch_size)  # last step of each patch
-        loc = loc[..., end].repeat_interleave(self.patch_size, dim=-1)
-        scale = scale[..., end].repeat_interleave(self.patch_size, dim=-1)
+        loc, scale = (_spread_over_patch(t[..., end], self.patch_size) for t in (loc, scale))
         return (data - loc) / scale, loc, scale

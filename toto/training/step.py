@@ -1,15 +1,10 @@
 """One training step: forward and loss (compiled, static shapes), backward, clipping, AdamW, schedule.
 
-The loss is upstream's ``_train_or_val_step``: the combined loss of the targets scaled
-by the model's own loc and scale, ``(target - loc) / (scale + eps)``, summed over the
-scored steps and divided by their count (``eps`` added). Across processes the sum and
-the count are all-reduced first, as upstream does; each process then back-propagates
-``world_size * local_sum / global_count`` so that DistributedDataParallel's gradient
-*average* is exactly the gradient of the global mean (upstream's comes out
-``world_size`` times smaller).
-
-Exogenous variates are left out of the loss (``Windows.loss_mask``). Upstream means to,
-but its ``mask[..., -n:] = False`` clears the last ``n`` *time steps* of every variate.
+The loss is upstream's: the combined loss of the targets scaled by the model's own loc and scale,
+summed over the scored steps and divided by their count. Across processes the sum and the count
+are all-reduced first; each process back-propagates ``world_size * local_sum / global_count`` so
+that DDP's gradient average is exactly the gradient of the global mean. Exogenous variates are
+left out of the loss (``Windows.loss_mask``).
 """
 
 from __future__ import annotations

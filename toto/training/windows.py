@@ -1,16 +1,10 @@
 """Training windows: fixed-length causal windows cut from series, as upstream's fine-tuning cuts them.
 
-A window is ``context_length + patch_size`` steps. The model reads its first
-``context_length`` steps and is scored on the same span shifted one patch later: at
-every patch it predicts the next one (upstream's ``input_slice`` / ``target_slice``).
-Training windows are drawn uniformly over every start that fits in a series (upstream's
-``ExpectedNumInstanceSampler``, without its zero-padded pasts); a validation window is
-each series' last one (its ``ValidationSplitSampler``), scored on its last
-``prediction_length`` steps only.
-
-NaN is a missing value: masked out of the scaler and the loss, and filled with the last
-observed value so the model's input stays near the series' level (as at inference).
-Exogenous variates, the last ``num_exogenous`` of each series, are read and never scored.
+A window is ``context_length + patch_size`` steps: the model reads the first ``context_length``
+and is scored on the same span one patch later. Training windows start uniformly anywhere they
+fit; a validation window is each series' last, scored on its last ``prediction_length`` steps.
+NaN is a missing value (masked out, filled with the last observed value); the last
+``num_exogenous`` variates are read and never scored.
 """
 
 from __future__ import annotations

@@ -1,0 +1,203 @@
+"""``toto-compiled bench``: upstream toto-ts (eager and compiled) against ours (eager and compiled).
+
+The command line lives here and imports nothing heavy until :func:`run`; the work is in
+:mod:`.runners` (S1-S3 and the guarded measurement), :mod:`.s4` (many series per call),
+:mod:`.suite` (one whole run) and :mod:`.report` (tables). Names once in the single
+``bench`` module stay importable from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..common import UsageError, add_device_argument, check_device
+from .settings import (
+    BATCHED,
+    DTYPE_NAMES,
+    INTERRUPTED,
+    RUNNERS,
+    SCENARIO_NAMES,
+    S4Settings,
+)
+
+DESCRIPTION = """\
+Benchmark upstream toto-ts (eager and compiled) against ours (eager and compiled):
+one process, full-size random weights in the published layout, the same checkpoint
+and inputs for every runner. Speed-ups compare each later call with upstream eager's."""
+EPILOG = """\
+scenarios:
+  S1  context 512, horizon 8, 1,024 samples (a backtest call)
+  S2  context 2048, horizon 256, 256 samples
+  S3  context 4096, horizon 512, mean only
+  S4  throughput over many series: 256 univariate series of 300-3,000 steps, horizon 64,
+      128 samples, in series per second; only when named (upstream eager takes tens of
+      minutes on a CPU). Upstream is called as AutoGluon calls it (batches of 16, left-padded,
+      samples_per_batch 32); ours is TotoPipeline.predict on the whole list.
+
+runners: upstream eager and compiled (torch.compile on its backbone); ours eager, compiled
+(prefill compiled as the device's default says) and compiled with compile_prefill=True.
+--dtype sets our model's dtype; upstream always runs in float32. A runner that fails or
+runs past --runner-timeout gets its error in its row and the table goes on. The upstream
+runners need toto_upstream (python scripts/install_oracle.py puts it in .oracle/); without
+it they are skipped, and the run says so."""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark upstream and ours, eager and compiled",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_device_argument(parser)
+    parser.add_argument(
+        "--scenarios", default="S1,S2,S3", type=_choices(SCENARIO_NAMES),
+        help="default: %(default)s; S4 (many series per call, slow for upstream on a CPU) runs only when named",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runners", default=",".join(RUNNERS), type=_choices(RUNNERS),
+        help="default: all five (S4 leaves out upstream-compiled)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=DTYPE_NAMES, default="float32", help="our model's dtype; upstream stays float32"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="steady-state calls after the first (default: 2)")
+    parser.add_argument("--compile-mode", default=None, help="default: the device's default")
+    parser.add_argument(
+        "--runner-timeout", type=float, default=None, metavar="S",
+        help="give up on a runner after S seconds (its row says so) and go on with the next",
+    )  # fmt: skip
+    parser.add_argument("--oracle", type=Path, default=Path(".oracle"), help="folder holding toto_upstream (default: .oracle)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--config", type=Path, metavar="JSON",
+        help="a model config.json to benchmark instead of the published architecture (random weights either way)",
+    )  # fmt: skip
+    s4 = S4Settings()
+    group = parser.add_argument_group("S4 (many series per call)")
+    group.add_argument(
+        "--s4-series", type=int, default=s4.series, metavar="N", help="series in S4 (default: %(default)s)"
+    )
+    group.add_argument(
+        "--s4-max-context", type=int, default=s4.max_context, metavar="T",
+        help=f"longest S4 context; lengths are drawn from {s4.min_context}-T, or all T if T < {s4.min_context} "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--s4-batch-size", type=int, default=s4.batch_size, metavar="B",
+        help="ours: series per batch (default: %(default)s, best on CPU; on a GPU larger is better)",
+    )  # fmt: skip
+    group.add_argument(
+        "--s4-samples-per-batch", type=int, default=s4.samples_per_batch, metavar="S",
+        help="ours: samples per batch (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--s4-memory", action="store_true",
+        help="also run ours-compiled on N and 2N series, each in a fresh process, and report both peaks",
+    )  # fmt: skip
+
+
+def _choices(allowed) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",")]
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
+    if args.repeats < 1:
+        raise UsageError("--repeats must be at least 1")
+    problem = s4_problem(args)
+    if problem:
+        raise UsageError(problem)
+    from ...config import PUBLISHED_CONFIG
+    from .report import table, worst_exit
+    from .runners import oracle_available
+    from .s4 import s4_memory
+    from .suite import benchmark
+
+    config = PUBLISHED_CONFIG
+    if args.config:
+        try:
+            config = json.loads(args.config.read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--config {args.config}: {err}") from None
+    runners = args.runners
+    if any(r.startswith("upstream") for r in runners) and not oracle_available(args.oracle):
+        runners = [r for r in runners if not r.startswith("upstream")]
+        print(
+            f"upstream runners skipped: toto_upstream is not importable (looked in {args.oracle}; "
+            "install it with python scripts/install_oracle.py)",
+            file=sys.stderr,
+        )
+    report = benchmark(
+        args.device, args.scenarios, runners, args.repeats, args.compile_mode, args.dtype, args.runner_timeout,
+        s4=s4_settings(args), config=config,
+    )  # fmt: skip
+    if args.s4_memory and not report["stopped"]:
+        try:
+            report["s4"]["memory"] = s4_memory(args)
+        except KeyboardInterrupt:  # the child is killed with it; print what the runners measured
+            report["stopped"] = INTERRUPTED
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return worst_exit(report)
+
+
+def s4_settings(args: argparse.Namespace) -> S4Settings:
+    return S4Settings(
+        series=args.s4_series,
+        max_context=args.s4_max_context,
+        batch_size=args.s4_batch_size,
+        samples_per_batch=args.s4_samples_per_batch,
+    )
+
+
+def s4_problem(args: argparse.Namespace) -> str | None:
+    """A usage error in the S4 options, or None."""
+    for option in ("s4_series", "s4_max_context", "s4_batch_size", "s4_samples_per_batch"):
+        if getattr(args, option) < 1:
+            return f"--{option.replace('_', '-')} must be at least 1"
+    if args.s4_memory and BATCHED not in args.scenarios:
+        return "--s4-memory measures S4: add S4 to --scenarios"
+    return None
+
+
+# Where the names of the former single module live now; imported on first use (PEP 562).
+_MOVED = {
+    "report": ("worst_exit", "memory_line", "row", "s4_row", "s4_speed_ups", "s4_table", "table"),
+    "runners": (
+        "Runner", "RunnerTimeout", "forecast_kwargs", "guarded", "inputs", "load_upstream", "measure",
+        "measure_runner", "one_line", "oracle_available", "ours_runners", "peak_memory_mib", "release",
+        "reset_peak_memory", "time_limit", "upstream_runners",
+    ),
+    "s4": (
+        "S4Runner", "autogluon_batches", "measure_s4", "memory_child", "ours_s4_runners", "process_max_rss_mib",
+        "run_s4", "s4_memory", "s4_workload", "series_per_second", "upstream_s4_runner",
+    ),
+    "suite": ("benchmark",),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,189 @@
+"""What the data commands (forecast, backtest, finetune) share: ``--model`` and loading it, the
+long-format column options, ``--quantiles``, and a long input file as read. Light to import:
+torch and the pipeline load inside the functions that need them."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import DEFAULT_MODEL_ID as DEFAULT_MODEL
+from ..frames.io import DataFile, DataFileError, cell_error_message, check_columns, read_data_file, value_error_message
+from ..frames.options import DEFAULT_FRAME_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from ..frames.panel import CellError
+from .common import _finite
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from ..pipeline import TotoPipeline
+
+# The forecasting calls' argument names in their errors -> the options that set them.
+PREDICT_OPTIONS = {
+    "prediction_length": "--prediction-length",
+    "num_samples": "--num-samples",
+    "samples_per_batch": "--samples-per-batch",
+    "batch_size": "--batch-size",
+}
+NOT_A_CHECKPOINT = "expected a folder with config.json and model.safetensors, a model.safetensors file, or a hub id"
+
+
+def add_model_argument(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
+    kwargs.setdefault("default", DEFAULT_MODEL)
+    kwargs.setdefault("help", "hub id or local checkpoint folder (default: %(default)s); offline, "
+                      "'toto-compiled export --random-weights DIR' writes one")
+    parser.add_argument("--model", **kwargs)
+
+
+def names(text: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``: distinct, non-empty names (``--target``, ``--columns``, ...)."""
+    parts = [name.strip() for name in text.split(",")]
+    if not all(parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated names, got {text!r}")
+    return parts
+
+
+def quantiles(text: str) -> list[tuple[str, float]]:
+    """``"0.1,0.5"`` -> ``[("0.1", 0.1), ("0.5", 0.5)]``: distinct levels in [0, 1], each with its text."""
+    levels = [(part.strip(), _finite(part)) for part in text.split(",")]
+    for part, level in levels:
+        if level is None or not 0.0 <= level <= 1.0:
+            raise argparse.ArgumentTypeError(f"each level must be a number in [0, 1], got {part!r}")
+    if len({level for _, level in levels}) != len(levels):
+        raise argparse.ArgumentTypeError(f"levels must be distinct, got {text!r}")
+    return levels
+
+
+def frame_levels(levels: list[tuple[str, float]]) -> list[float]:
+    """--quantiles for a data frame: each level strictly between 0 and 1."""
+    for text, level in levels:
+        if not 0.0 < level < 1.0:
+            raise UsageError(f"--quantiles: in long format each level must be strictly between 0 and 1, got {text!r}")
+    return [level for _, level in levels]
+
+
+def check_model(model: str, option: str = "--model") -> None:
+    """A local path given as the model must look like a checkpoint; anything else is left to the hub."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"{option} {model}: not a checkpoint (no config.json in the folder; {NOT_A_CHECKPOINT})")
+    if path.is_file() and (path.suffix != ".safetensors" or not (path.parent / "config.json").is_file()):
+        raise UsageError(f"{option} {model}: not a checkpoint ({NOT_A_CHECKPOINT})")
+
+
+def load_pipeline(args: argparse.Namespace) -> TotoPipeline:
+    """The model named by --model on --device, compiled as --compile says; a failure is a UsageError."""
+    from ..pipeline import TotoPipeline
+
+    check_model(args.model)
+    compiling = {None: "TOTO_COMPILE decides", True: "on", False: "off"}[args.compile]
+    print(f"loading model {args.model} on {args.device} (compile: {compiling})", file=sys.stderr, flush=True)
+    try:
+        return TotoPipeline.from_pretrained(args.model, device_map=args.device, torch_compile=args.compile)
+    except (OSError, ValueError) as err:  # no such folder, hub failure, bad config or weights
+        raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+
+
+def option_names(text: str, options: dict[str, str] = PREDICT_OPTIONS) -> str:
+    """Argument names in ``text`` as the command's options (``prediction_length=5`` -> ``--prediction-length 5``)."""
+    for name, option in options.items():
+        # \b: no match inside a longer name ("_" is a word character)
+        text = re.sub(rf"\b{name}\b(=(?=\S))?", lambda match: option + (" " if match.group(1) else ""), text)
+    return text
+
+
+def forecast_error(err: ValueError, long_input: LongInput | None = None) -> UsageError | DataFileError:
+    """A forecasting call's ValueError: one about an option (its message starts with the argument's name, as
+    for a forecast too large for memory) names the option; one about the input names the file (and cell)."""
+    text = str(err)
+    if long_input is None or (not isinstance(err, CellError) and text.startswith(tuple(PREDICT_OPTIONS))):
+        return UsageError(option_names(text))
+    return long_input.error(err)
+
+
+def horizon_error(prediction_length: int) -> UsageError:
+    """The error for a forecast whose timestamps would run past what a timestamp can hold."""
+    return UsageError(f"--prediction-length {prediction_length}: the forecast's timestamps would run past the "
+                      "last representable time (year 2262 for datetimes); forecast fewer steps")
+
+
+def long_columns(args: argparse.Namespace) -> tuple[str, str, list[str]]:
+    """The id column, the timestamp column and the targets of a long-format input (defaults applied)."""
+    id_column = args.id_column or "item_id"
+    timestamp_column = args.timestamp_column or "timestamp"
+    targets = args.target or ["target"]
+    if len({id_column, timestamp_column}) != 2 or {id_column, timestamp_column} & set(targets):
+        raise UsageError(
+            f"--id-column {id_column!r}, --timestamp-column {timestamp_column!r} and --target "
+            f"{','.join(targets)!r} must name different columns"
+        )
+    return id_column, timestamp_column, targets
+
+
+def frame_options(args: argparse.Namespace, levels: list[float]) -> dict:
+    """The keyword arguments that the long-format paths (``predict_df``, backtests, either engine) share."""
+
+    id_column, timestamp_column, targets = long_columns(args)
+    return dict(
+        id_column=id_column,
+        timestamp_column=timestamp_column,
+        target=targets,
+        prediction_length=args.prediction_length,
+        quantile_levels=levels,
+        num_samples=args.num_samples,
+        samples_per_batch=args.samples_per_batch,
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+        seed=args.seed,
+    )
+
+
+@dataclass(frozen=True)
+class LongInput:
+    """The columns of a long-format input, and its files as read."""
+
+    id_column: str
+    timestamp_column: str
+    targets: list[str]
+    data: DataFile
+    future: DataFile | None = None
+
+    def files(self) -> dict[str, DataFile]:
+        """By the frame names that :mod:`toto.frames` errors use."""
+        return {"df": self.data, **({"future_df": self.future} if self.future is not None else {})}
+
+    def error(self, err: ValueError) -> DataFileError:
+        """A frame's ValueError as an error naming the file, and for a bad cell its line (or row) and column."""
+        if isinstance(err, CellError):
+            return DataFileError(cell_error_message(err, self.files(), self.id_column, self.timestamp_column))
+        return DataFileError(value_error_message(err, self.files()))
+
+    def describe(self) -> str:
+        frame = self.data.frame
+        items = frame[self.id_column].nunique()
+        text = (
+            f"input: {self.data.path}: {len(frame)} rows, {items} item{'s' * (items != 1)}, "
+            f"target {', '.join(self.targets)}"
+        )
+        if self.future is not None:
+            exogenous = [c for c in self.future.columns() if c not in (self.id_column, self.timestamp_column)]
+            text += f"; known future of {', '.join(exogenous) or '(no columns)'} from {self.future.path}"
+        return text
+
+
+def read_long_input(
+    args: argparse.Namespace, path: Path | None = None, *, future: Path | None = None, more: dict | None = None
+) -> LongInput:
+    """Read ``path`` (default --input) (and ``future``) as long-format files and check that the named columns
+    exist: the id, timestamp and --target columns, and ``more`` (column -> the option that names it)."""
+    id_column, timestamp_column, targets = long_columns(args)
+    keys = {id_column: "--id-column", timestamp_column: "--timestamp-column"}
+    data = read_data_file(args.input if path is None else path, text_columns=[id_column])
+    check_columns(data, {**keys, **{name: "--target" for name in targets}, **(more or {})})
+    future_data = None
+    if future is not None:
+        future_data = read_data_file(future, text_columns=[id_column])
+        check_columns(future_data, keys)
+    return LongInput(id_column, timestamp_column, targets, data, future_data)

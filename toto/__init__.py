@@ -35,6 +35,7 @@ def __getattr__(name: str):
     globals()[name] = value
     return value
 
+
 __all__ = [
     "Forecast",
     "MaskedTimeseries",

@@ -13,7 +13,7 @@ import torch
 from toto.cli import main
 from toto.commands import check
 from toto.commands.check import QUICK, Row, same_bucket_shorter, speed_row, summary
-from toto.inference.forecaster import bucket_capacity
+from toto.inference.capacity import bucket_capacity
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from compile_backends import HEALTH
 from toto import MaskedTimeseries, Toto, TotoForecaster
 from toto.compile.policy import CompiledFunction, CompileSettings
 from toto.compile.diagnostics import snapshot
-from toto.inference.forecaster import bucket_capacity
+from toto.inference.capacity import bucket_capacity
 
 
 @pytest.fixture(scope="module")

@@ -327,7 +327,7 @@ def test_soak_memory_flat_and_no_new_graphs(compiled_pipeline):
 
 
 def test_buffer_pool_is_bounded(pipeline):
-    from toto.inference.forecaster import MAX_BUFFER_SETS
+    from toto.inference.capacity import MAX_BUFFER_SETS
 
     forecaster = pipeline.forecaster
     for batch in range(1, MAX_BUFFER_SETS + 4):  # each batch size needs its own buffers

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 def finetune(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from ..pipeline.pipeline import TotoPipeline
+    from ..pipeline import TotoPipeline
     from ..training import distributed
     from ..training.fit import silent, to_stderr
 

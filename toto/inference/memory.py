@@ -206,12 +206,8 @@ def _cgroup_swap(folder: Path, swap_free: int) -> int:
 
 def _own_cgroups(path: Path) -> dict[str, str]:
     """The process's cgroup path by controller (``""``: the v2 hierarchy) from ``/proc/self/cgroup``."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
     own = {}
-    for line in lines:
+    for line in _read_lines(path):
         fields = line.split(":", 2)  # hierarchy id, controllers, path
         if len(fields) == 3:
             own.update((controller, fields[2]) for controller in fields[1].split(","))
@@ -227,6 +223,14 @@ def _up_to(root: Path, cgroup: str) -> list[Path]:
     return [folder for folder in reversed(folders) if folder.is_dir()]
 
 
+def _read_lines(path: Path) -> list[str]:
+    """A small system file's lines; none where it cannot be read (not Linux, no cgroup, no permission)."""
+    try:
+        return path.read_text().splitlines()
+    except OSError:
+        return []
+
+
 def _read_number(path: Path) -> int | None:
     """An int file of a cgroup; ``max`` (no limit) and unreadable or odd content: None."""
     try:
@@ -239,12 +243,8 @@ def _read_number(path: Path) -> int | None:
 def _read_table(path: Path) -> dict[str, int]:
     """A ``name value [kB]`` table (``/proc/meminfo``, ``/proc/self/status``, ``memory.stat``) in bytes,
     ``name:`` colons allowed; empty where there is none."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
     table = {}
-    for line in lines:
+    for line in _read_lines(path):
         name, *fields = line.replace(":", " ", 1).split() or [""]
         if fields and fields[0].isdigit():
             table[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)

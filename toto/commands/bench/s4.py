@@ -21,7 +21,7 @@ import torch
 
 from ...compile.diagnostics import snapshot
 from ...model.toto import Toto
-from ...pipeline.pipeline import TotoPipeline
+from ...pipeline import TotoPipeline
 from ..common import sync
 from .report import s4_row
 from .runners import guarded

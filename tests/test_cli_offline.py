@@ -110,6 +110,8 @@ def test_model_that_is_not_a_checkpoint(tmp_path, capsys):
         assert code == 2 and out == ""
         assert err.startswith(f"toto-compiled forecast: error: --model {model}: not a checkpoint (")
         assert "config.json" in err and "hub id" in err and len(err.splitlines()) == 1
+    code, out, err = run_main(capsys, ["check", "--quick", "--device", "cpu", "--model", str(data)])
+    assert code == 2 and err.startswith(f"toto-compiled check: error: --model {data}: not a checkpoint (")
 
 
 QUARTERS = ["2008-10-01", "2009-01-01", "2009-04-01", "2009-07-01"]

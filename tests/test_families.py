@@ -182,3 +182,11 @@ def test_metadata_reports_the_sample_batch_the_family_ran():
     pipeline = TotoPipeline(LastValue())
     pipeline.predict(torch.arange(8.0), 2, num_samples=16, samples_per_batch=8)
     assert pipeline.last_run_metadata["samples_per_batch_used"] == 8
+
+
+def test_a_damaged_toto_config_names_the_missing_key(tmp_path):
+    config = {key: value for key, value in PUBLISHED_CONFIG.items() if key != "output_distribution_classes"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="output_distribution_classes"):
+        TotoPipeline.from_pretrained(str(tmp_path), device_map="cpu")

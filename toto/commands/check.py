@@ -95,6 +95,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_device(args.device)
+    if args.model is not None:
+        from .options import check_model  # it reads numpy: not at import, where --help would pay for it
+
+        check_model(args.model)
     scenario = QUICK if args.quick else THOROUGH
     try:
         model, model_note = load_model(args.model, args.device)

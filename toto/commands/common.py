@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import sys
 
 from .errors import UsageError
 
-__all__ = ["UsageError", "add_device_argument", "describe", "device_problem", "device_unavailable", "sync"]
+__all__ = ["UsageError", "add_device_argument", "check_device", "describe", "sync"]
 
 
 def _positive_int(text: str) -> int:
@@ -45,27 +44,12 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="auto: cuda if available, else cpu (default: %(default)s)")
 
 
-def device_problem(device: str) -> str | None:
-    """Why ``device`` cannot be used here, as a usage-error message, or None."""
+def check_device(device: str) -> None:
+    """A :class:`UsageError` when ``device`` cannot be used here."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
-        return "--device cuda: CUDA is not available on this machine; use --device cpu"
-    return None
-
-
-def check_device(device: str) -> None:
-    """A :class:`UsageError` when ``device`` cannot be used here."""
-    if problem := device_problem(device):
-        raise UsageError(problem)
-
-
-def device_unavailable(prog: str, device: str) -> bool:
-    """Print the usage error and return True when ``device`` cannot be used here."""
-    problem = device_problem(device)
-    if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
-    return problem is not None
+        raise UsageError("--device cuda: CUDA is not available on this machine; use --device cpu")
 
 
 def sync(device: str) -> None:

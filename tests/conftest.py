@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # share the cores among the workers instead of oversubscribing
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from checkpoints import PUBLISHED_CONFIG, TINY_CONFIG, write_checkpoint  # noqa: E402
 from compile_backends import HEALTH  # noqa: E402
@@ -75,6 +80,17 @@ def record(request):
         return value
 
     return _record
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: hand its figures to the controller
+        workeroutput["parity_figures"] = json.dumps(_PARITY_FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _PARITY_FIGURES.update(json.loads(getattr(node, "workeroutput", {}).get("parity_figures", "{}")))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,6 +1,6 @@
 """One rank of the DDP gradient check, launched by ``tests/test_training_ddp.py`` under ``torchrun``.
 
-Usage: ``torchrun --nproc-per-node=K tests/ddp_worker.py CHECKPOINT BATCH OUT_DIR [--compile]``.
+Usage: ``torchrun --nproc-per-node=K tests/ddp_worker.py CHECKPOINT BATCH OUT_DIR [--compile [--backend B]]``.
 
 Each rank joins the gloo group, takes its slice ``split(K, rank)`` of the saved batch and
 writes ``OUT_DIR/rank{R}.pt`` with:
@@ -57,7 +57,11 @@ def main() -> None:
     parser.add_argument("batch")
     parser.add_argument("out")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--backend", default="inductor", help="torch.compile's backend under --compile")
     args = parser.parse_args()
+    if args.backend != "inductor":
+        compile = torch.compile
+        torch.compile = lambda *a, **kw: compile(*a, **{**kw, "backend": args.backend})  # TrainingStep names none
 
     torch.manual_seed(0)
     device = join_from_environment("cpu")

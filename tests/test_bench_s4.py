@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from checkpoints import TINY_CONFIG
+from compile_backends import HEALTH
 from toto.cli import main
 from toto.commands.bench.report import s4_speed_ups, table
 from toto.commands.bench.s4 import autogluon_batches, s4_workload, series_per_second
@@ -160,8 +161,12 @@ def test_s4_usage_errors(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_s4_runs_end_to_end_at_tiny_scale(tmp_path, capsys):
-    """Tiny model, 4 short series: every S4 runner, the JSON report, and the memory check's two child processes."""
+def test_s4_runs_end_to_end_at_tiny_scale(tmp_path, capsys, monkeypatch):
+    """Tiny model, 4 short series: every S4 runner, the JSON report, and the memory check's two child processes.
+
+    Compiled on the health backend (``TOTO_COMPILE_BACKEND``, which the children inherit): the
+    plumbing is the point here, not inductor's kernels."""
+    monkeypatch.setenv("TOTO_COMPILE_BACKEND", HEALTH)
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY_CONFIG))
     out = tmp_path / "s4.json"

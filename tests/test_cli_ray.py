@@ -22,6 +22,8 @@ pytest.importorskip("pyarrow")
 
 from tests.cli_run import cli  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster per session, on one worker
+
 H = 3
 KEYS = ["item_id", "timestamp", "target_name"]
 VALUES = ["predictions", "mean", "0.1", "0.5", "0.9"]

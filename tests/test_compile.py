@@ -179,6 +179,7 @@ def test_compiled_function_reraises_errors_eager_raises_too():
 
 
 def test_settings_from_environment(monkeypatch):
+    monkeypatch.delenv("TOTO_COMPILE_BACKEND", raising=False)
     monkeypatch.setenv("TOTO_COMPILE", "1")
     monkeypatch.setenv("TOTO_COMPILE_MODE", "max-autotune-no-cudagraphs")
     settings = CompileSettings.resolve(device="cpu")
@@ -190,6 +191,10 @@ def test_settings_from_environment(monkeypatch):
     assert CompileSettings.resolve(device="cuda").compile_prefill  # launch-bound there
     assert not CompileSettings.resolve(device="cpu").compile_prefill
     assert CompileSettings.resolve(compile_prefill=True).compile_prefill
+    assert CompileSettings.resolve().backend == "inductor"
+    monkeypatch.setenv("TOTO_COMPILE_BACKEND", "aot_eager")
+    assert CompileSettings.resolve().backend == "aot_eager"
+    assert CompileSettings.resolve(compile_backend="eager").backend == "eager"  # arguments win
     monkeypatch.setenv("TOTO_COMPILE_MODE", "fastest")
     with pytest.raises(ValueError, match="TOTO_COMPILE_MODE"):
         CompileSettings.resolve()

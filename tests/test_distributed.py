@@ -29,6 +29,8 @@ from toto.engines.ray import (  # noqa: E402
 from toto.evaluation.backtest import backtest  # noqa: E402
 from toto.frames.options import FrameOptions  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster per session, on one worker
+
 H = 8
 KEYS = ["item_id", "target_name", "timestamp"]
 VALUES = ["predictions", "mean", "0.1", "0.5", "0.9"]

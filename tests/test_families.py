@@ -71,7 +71,7 @@ def test_the_family_is_read_from_config_json(tiny_checkpoint):
 
 
 def test_an_unknown_config_names_the_file_and_its_keys(tmp_path):
-    with pytest.raises(ConfigError, match=r"cfg\.json: not a config of a known model family \(Toto 1\.0\); its keys: \['d_model', 'x'\]"):
+    with pytest.raises(ConfigError, match=r"cfg\.json: not a config of a known model family \(Toto 1\.0, Toto 2\.0\); its keys: \['d_model', 'x'\]"):
         family_of({"d_model": 256, "x": 1}, "cfg.json")
     with pytest.raises(ConfigError, match="cfg.json: expected a JSON object, found list"):
         family_of([1, 2], "cfg.json")

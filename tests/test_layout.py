@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "toto"
 LAYERS = (
     ("toto._moved", "toto.arguments", "toto.config", "toto.data", "toto.errors"),
     ("toto.checkpoints",),
-    ("toto.model",),
+    ("toto.model", "toto.toto2"),
     ("toto.compile",),
     ("toto.inference",),
     ("toto.training",),

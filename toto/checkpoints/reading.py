@@ -145,6 +145,18 @@ def read_checkpoint(files: CheckpointFiles) -> tuple[TotoConfig, dict[str, Tenso
     return read_config(files.config), map_checkpoint_keys(read_weights(files.weights), source=str(files.weights))
 
 
+def own_memory(model: torch.nn.Module) -> None:
+    """Copy CPU tensors still backed by the checkpoint file's memory map into memory of their own.
+
+    safetensors maps the whole file; one tensor left on the map keeps all of it resident
+    beside the copies (a second copy of the weights, measured at full size). The weights
+    stored column-major are copies already (non-contiguous); the rest are copied here.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_contiguous():
+            tensor.data = tensor.data.clone()
+
+
 def _local_files(config: Path, weights: Path) -> CheckpointFiles:
     for path in (config, weights):
         if not path.is_file():

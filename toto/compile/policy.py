@@ -1,6 +1,7 @@
 """Compile policy: what gets compiled (the decode steps; with ``compile_prefill`` also the
 prefill and first-patch draw, padded to their capacity bucket), with which settings
-(arguments, else ``TOTO_COMPILE`` / ``TOTO_COMPILE_MODE``, else the device's default), and
+(arguments, else ``TOTO_COMPILE`` / ``TOTO_COMPILE_MODE`` / ``TOTO_COMPILE_BACKEND``, else
+the device's default), and
 the fallback to eager when compiling fails. The model code has no compile-specific branches.
 """
 
@@ -16,6 +17,7 @@ import torch
 
 ENV_COMPILE = "TOTO_COMPILE"
 ENV_COMPILE_MODE = "TOTO_COMPILE_MODE"
+ENV_COMPILE_BACKEND = "TOTO_COMPILE_BACKEND"
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # On CPU there are no CUDA graphs to replay; plain inductor measured fastest (docs/PERFORMANCE.md).
 CPU_DEFAULT_MODE = "default"
@@ -50,9 +52,8 @@ class CompileSettings:
             raise ValueError(f"{source}: unknown mode {mode!r}; expected one of {MODES}")
         if compile_prefill is None:
             compile_prefill = default_compile_prefill(device)
-        return cls(
-            enabled=enabled, mode=mode, backend=compile_backend or "inductor", compile_prefill=bool(compile_prefill)
-        )
+        backend = compile_backend or os.environ.get(ENV_COMPILE_BACKEND) or "inductor"
+        return cls(enabled=enabled, mode=mode, backend=backend, compile_prefill=bool(compile_prefill))
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ import torch
 from ..checkpoints.reading import CheckpointFiles, read_config_json, resolve_checkpoint
 from ..compile.policy import CompileOptions
 from ..config import ConfigError
+from ..toto2.model import Toto2Model
 from .base import ModelFamily
 from .toto1 import Toto1Family
+from .toto2 import Toto2Family
 
-FAMILIES: tuple[type[ModelFamily], ...] = (Toto1Family,)
+FAMILIES: tuple[type[ModelFamily], ...] = (Toto1Family, Toto2Family)
 
-__all__ = ["FAMILIES", "ModelFamily", "Toto1Family", "family_of", "load_family"]
+__all__ = ["FAMILIES", "ModelFamily", "Toto1Family", "Toto2Family", "family_of", "load_family", "wrap_model"]
 
 
 def family_of(config: Any, source: str) -> type[ModelFamily]:
@@ -29,6 +31,14 @@ def family_of(config: Any, source: str) -> type[ModelFamily]:
         f"{source}: not a config of a known model family ({', '.join(f.name for f in FAMILIES)}); "
         f"its keys: {sorted(config)}"
     )
+
+
+def wrap_model(model: Any, compile: CompileOptions = CompileOptions()) -> ModelFamily:
+    """The family of a loaded model object (:class:`~toto.model.toto.Toto` or
+    :class:`~toto.toto2.model.Toto2Model`)."""
+    if isinstance(model, Toto2Model):
+        return Toto2Family(model, compile)
+    return Toto1Family(model, compile)
 
 
 def read_family(files: CheckpointFiles) -> type[ModelFamily]:

@@ -21,6 +21,8 @@ class ModelFamily(ABC):
 
     name: ClassVar[str]  # as errors and metadata name it, e.g. "Toto 1.0"
     output: ClassVar[Literal["samples", "quantiles"]]
+    # A quantile family's knots: the last dimension of what :meth:`forecast` returns.
+    quantile_levels: ClassVar[tuple[float, ...]] = ()
 
     @classmethod
     @abstractmethod
@@ -79,7 +81,8 @@ class ModelFamily(ABC):
         progress: Callable[[int, int], None] | None = None,
     ) -> Float[Tensor, "batch variate horizon samples"]:
         """Forecast a left-padded batch (``observed`` False on padding and missing values);
-        ``future``: the known future of the last variates."""
+        ``future``: the known future of the last variates. The last dimension holds sample
+        paths (``output == "samples"``) or the quantiles at :attr:`quantile_levels`."""
 
     @property
     def last_samples_per_batch(self) -> int | None:

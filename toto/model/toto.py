@@ -13,6 +13,7 @@ from ..checkpoints.reading import (
     DEFAULT_MODEL_ID,
     VARIATE_LABEL_KEYS,
     check_weights,
+    own_memory,
     read_checkpoint,
     resolve_checkpoint,
 )
@@ -116,17 +117,6 @@ class Toto(nn.Module):
         model = model.to(device=device, dtype=dtype).eval()
         column_major_linear_weights(model)
         if model.device.type == "cpu":
-            _own_memory(model)
+            own_memory(model)
         return model
 
-
-def _own_memory(model: nn.Module) -> None:
-    """Copy CPU tensors still backed by the checkpoint file's memory map into memory of their own.
-
-    safetensors maps the whole file; one tensor left on the map keeps all of it resident
-    beside the copies (a second copy of the weights, measured at full size). The weights
-    stored column-major are copies already (non-contiguous); the rest are copied here.
-    """
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.is_contiguous():
-            tensor.data = tensor.data.clone()

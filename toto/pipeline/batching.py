@@ -18,6 +18,7 @@ from ..compile.diagnostics import snapshot
 from ..data.util.dataset import first_observed_step
 from ..families.base import ModelFamily
 from ..inference.keyed_random import series_keys
+from .forecasts import interpolate_knots
 from .progress import batch_bar
 
 
@@ -207,11 +208,19 @@ def _forecast_with_back_off(
     return samples, used
 
 
-def quantile_summary(targets: int, levels: list[float]) -> Callable[[Tensor], Tensor]:
-    """Samples ``(batch, variate, H, S)`` -> ``(batch, targets, H, levels + 2)``: the quantiles, the median, the mean."""
+def quantile_summary(
+    targets: int, levels: list[float], knots: Sequence[float] | None = None
+) -> Callable[[Tensor], Tensor]:
+    """Samples ``(batch, variate, H, S)`` -> ``(batch, targets, H, levels + 2)``: the quantiles, the median, the mean.
+
+    With ``knots`` (a quantile model's levels), the last axis holds quantiles at the knots
+    instead of samples: levels are interpolated between them, and the mean is the median."""
 
     def summarize(samples: Tensor) -> Tensor:
         values = samples[:, :targets].cpu().double().numpy()
+        if knots is not None:
+            quantiles = interpolate_knots(values, knots, [*levels, 0.5])
+            return torch.from_numpy(np.concatenate([quantiles, quantiles[..., -1:]], axis=-1))
         quantiles = np.moveaxis(np.quantile(values, [*levels, 0.5], axis=-1), 0, -1)
         return torch.from_numpy(np.concatenate([quantiles, values.mean(axis=-1, keepdims=True)], axis=-1))
 

@@ -18,17 +18,18 @@ from torch import Tensor
 from ..arguments import check_int
 from ..checkpoints.reading import DEFAULT_MODEL_ID
 from ..compile.policy import CompileOptions, CompileSettings
-from ..families import ModelFamily, Toto1Family, load_family
+from ..families import ModelFamily, load_family, wrap_model
 from ..frames.options import DEFAULT_FRAME_BATCH_SIZE, DEFAULT_FRAME_SAMPLES, DEFAULT_QUANTILES, FrameOptions
 from ..model.toto import Toto
+from ..toto2.model import Toto2Model
 from .batching import BackOff, SampleRequest, forecast_in_batches, item_keys, quantile_summary
-from .forecasts import TotoForecast
+from .forecasts import QuantileForecast, TotoForecast, interpolate_knots
 from .inputs import covariates_tensor, keys_tensor, normalize_context
 
 if TYPE_CHECKING:
     from ..frames.panel import Panel
 
-__all__ = ["DEFAULT_FRAME_BATCH_SIZE", "DEFAULT_QUANTILES", "TotoForecast", "TotoPipeline"]
+__all__ = ["DEFAULT_FRAME_BATCH_SIZE", "DEFAULT_QUANTILES", "QuantileForecast", "TotoForecast", "TotoPipeline"]
 
 HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
 IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
@@ -40,7 +41,7 @@ logger = logging.getLogger("toto")
 class TotoPipeline:
     def __init__(
         self,
-        model: Toto | ModelFamily,
+        model: Toto | Toto2Model | ModelFamily,
         *,
         torch_compile: bool | None = None,
         compile_mode: str | None = None,
@@ -52,8 +53,9 @@ class TotoPipeline:
         min_samples_per_batch: int = 32,
         min_num_samples: int = 256,
     ):
-        """``model``: a loaded :class:`Toto` (compiled as the keywords say), or a loaded
-        :class:`~toto.families.base.ModelFamily` (which holds its own compile settings)."""
+        """``model``: a loaded :class:`Toto` or :class:`~toto.toto2.model.Toto2Model` (compiled as the
+        keywords say), or a loaded :class:`~toto.families.base.ModelFamily` (which holds its own
+        compile settings)."""
         if amp_dtype not in (None, torch.float16, torch.bfloat16):
             raise ValueError(f"amp_dtype must be torch.float16, torch.bfloat16 or None, got {amp_dtype!r}")
         self.back_off = BackOff(max_oom_retries, min_samples_per_batch, min_num_samples)
@@ -63,7 +65,7 @@ class TotoPipeline:
                 raise TypeError("TotoPipeline: a loaded ModelFamily holds its compile settings; pass none here")
             self.family = model
         else:
-            self.family = Toto1Family(model, compile)
+            self.family = wrap_model(model, compile)
         self.amp_dtype = amp_dtype
         self.last_run_metadata: dict[str, Any] = {}
         self.fit_history: Any = None  # a FitHistory on pipelines returned by fit
@@ -121,7 +123,8 @@ class TotoPipeline:
             min_num_samples=min_num_samples,
         )
         if warmup_sequence:
-            pipeline.predict(torch.zeros(warmup_sequence), 2 * family.patch_size, num_samples=512, samples_per_batch=512)
+            samples = {} if family.output == "quantiles" else {"num_samples": 512, "samples_per_batch": 512}
+            pipeline.predict(torch.zeros(warmup_sequence), 2 * family.patch_size, **samples)
         return pipeline
 
     @property
@@ -163,8 +166,8 @@ class TotoPipeline:
         self,
         context_lengths: Sequence[int] | int,
         prediction_length: int,
-        num_samples: int = 4096,
-        samples_per_batch: int = 512,
+        num_samples: int | None = None,
+        samples_per_batch: int | None = None,
         *,
         batch_size: int = 1,
         num_variates: int = 1,
@@ -177,6 +180,7 @@ class TotoPipeline:
         calls pay no compile time. With a compile cache (``compile_cache_dir`` or
         ``TOTO_COMPILE_CACHE``) the graphs are also saved for later processes. Progress
         goes to stderr. Returns ``(context_length, capacity_patches, seconds)`` per bucket.
+        ``num_samples`` and ``samples_per_batch``: as :meth:`predict`.
         """
         lengths = [context_lengths] if isinstance(context_lengths, int) else list(context_lengths)
         if not lengths:
@@ -304,8 +308,8 @@ class TotoPipeline:
         self,
         context: Any,
         prediction_length: int,
-        num_samples: int = 4096,
-        samples_per_batch: int = 512,
+        num_samples: int | None = None,
+        samples_per_batch: int | None = None,
         *,
         time_interval_seconds: int = 900,
         seed: int | None = None,
@@ -315,8 +319,11 @@ class TotoPipeline:
         show_progress: bool | None = None,
         sample_keys: Any = None,
         **kwargs: Any,
-    ) -> list[TotoForecast]:
-        """Sample forecasts, one :class:`TotoForecast` per series.
+    ) -> list[TotoForecast] | list[QuantileForecast]:
+        """Sample forecasts, one :class:`TotoForecast` per series (``num_samples`` default 4096,
+        ``samples_per_batch`` default 512). A quantile model (Toto 2.0) returns one
+        :class:`QuantileForecast` per series instead, and refuses the sampling options
+        (``num_samples``, ``samples_per_batch``, ``seed``, ``sample_keys``).
 
         ``future_covariates`` (``(batch, covariates, prediction_length)``, or without the
         batch dimension for one series): the known future of the context's *last*
@@ -341,18 +348,35 @@ class TotoPipeline:
         """
         _check_predict_options(kwargs)
         check_int("prediction_length", prediction_length)
-        check_int("num_samples", num_samples)
-        check_int("samples_per_batch", samples_per_batch)
         if batch_size is not None:
             check_int("batch_size", batch_size)
         series, observed = normalize_context(context)
         future = None if future_covariates is None else covariates_tensor(future_covariates, series, prediction_length)
         keys = None if sample_keys is None else keys_tensor(sample_keys, series.shape[0])
-        request = SampleRequest(prediction_length, num_samples, samples_per_batch, batch_size, seed, keys, progress,
+        request = self._request(prediction_length, num_samples, samples_per_batch, batch_size, seed, keys, progress,
                                 show_progress)  # fmt: skip
-        samples = self._forecast(series, observed, future, request)
-        array = samples.float().numpy()
+        array = self._forecast(series, observed, future, request).float().numpy()
+        if self.family.output == "quantiles":
+            return [QuantileForecast(array[i : i + 1], self.family.quantile_levels) for i in range(array.shape[0])]
         return [TotoForecast(samples=array[i : i + 1]) for i in range(array.shape[0])]
+
+    def _request(
+        self, prediction_length: int, num_samples: int | None, samples_per_batch: int | None, *rest: Any
+    ) -> SampleRequest:
+        """``rest``: batch size, seed, keys, progress, show_progress (:class:`SampleRequest`'s order)."""
+        if self.family.output == "quantiles":
+            options = {"num_samples": num_samples, "samples_per_batch": samples_per_batch, "seed": rest[1],
+                       "sample_keys": rest[2]}  # fmt: skip
+            given = [name for name, value in options.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: {self.family.name} forecasts quantiles; it draws no samples")
+            knots = len(self.family.quantile_levels)  # the "samples" axis holds the knots
+            return SampleRequest(prediction_length, knots, knots, *rest)
+        num_samples = 4096 if num_samples is None else num_samples
+        samples_per_batch = 512 if samples_per_batch is None else samples_per_batch
+        check_int("num_samples", num_samples)
+        check_int("samples_per_batch", samples_per_batch)
+        return SampleRequest(prediction_length, num_samples, samples_per_batch, *rest)
 
     @torch.no_grad()
     def predict_df(
@@ -418,14 +442,17 @@ class TotoPipeline:
         ``samples_per_batch``, beyond the rounding of batched arithmetic."""
         series, observed = normalize_context(panel.context())
         future = panel.future_exogenous()
+        quantile_model = self.family.output == "quantiles"
         keys = None
-        if options.seed is not None:
+        if options.seed is not None and not quantile_model:
             keys = item_keys(options.seed, [i.item_id for i in panel.items], [i.timestamps[-1] for i in panel.items])
-        request = SampleRequest(options.prediction_length, options.num_samples, options.samples_per_batch,
-                                options.batch_size, keys=keys, show_progress=show_progress)  # fmt: skip
+        samples = None if quantile_model and options.num_samples == DEFAULT_FRAME_SAMPLES else options.num_samples
+        request = self._request(options.prediction_length, samples, options.samples_per_batch, options.batch_size,
+                                options.seed, keys, None, show_progress)  # fmt: skip
         summaries = self._forecast(
             series, observed, None if future is None else torch.from_numpy(future).float(), request,
-            summarize=quantile_summary(len(panel.targets), list(options.quantile_levels)),
+            summarize=quantile_summary(len(panel.targets), list(options.quantile_levels),
+                                       self.family.quantile_levels if quantile_model else None),
         )  # fmt: skip
         return summaries.numpy()
 
@@ -434,7 +461,7 @@ class TotoPipeline:
         context: Any,
         prediction_length: int,
         quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
-        num_samples: int = DEFAULT_QUANTILE_SAMPLES,
+        num_samples: int | None = None,
         **predict_kwargs: Any,
     ) -> tuple[Tensor, Tensor]:
         """Chronos' ``(quantiles, mean)``: ``(batch, prediction_length, n_quantiles)`` and ``(batch, prediction_length)``.
@@ -442,18 +469,26 @@ class TotoPipeline:
         Multivariate inputs keep a variate dimension after the batch. The quantiles are those
         of ``num_samples`` sample paths (default 256, as :meth:`predict_df`: the 0.1 and 0.9
         levels then sit within about 0.05 in probability; pass more for tail levels).
-        ``predict_kwargs``: those of :meth:`predict`.
+        ``predict_kwargs``: those of :meth:`predict`. A quantile model (Toto 2.0) returns its
+        own knots at its levels and interpolates between them elsewhere
+        (:class:`QuantileForecast`); its mean is the median.
         """
         levels = [float(q) for q in quantile_levels]
         if not levels or any(not 0.0 <= q <= 1.0 for q in levels):
             raise ValueError(f"quantile_levels must be non-empty and within [0, 1], got {quantile_levels!r}")
-        forecasts = self.predict(context, prediction_length, num_samples, **predict_kwargs)
-        array = np.concatenate([f.samples for f in forecasts])  # [batch, variate, H, S]
-        # numpy, not torch.quantile: that refuses inputs of more than 2**24 elements.
-        quantiles = torch.from_numpy(np.moveaxis(np.quantile(array, levels, axis=-1), 0, -1).astype(array.dtype))
-        samples = torch.from_numpy(array)
-        mean = samples.mean(dim=-1)
-        if samples.shape[1] == 1:
+        if self.family.output == "quantiles":
+            forecasts = self.predict(context, prediction_length, num_samples, **predict_kwargs)
+            knots = np.concatenate([f.quantiles for f in forecasts])  # [batch, variate, H, knots]
+            quantiles = torch.from_numpy(interpolate_knots(knots, self.family.quantile_levels, levels))
+            mean = torch.from_numpy(interpolate_knots(knots, self.family.quantile_levels, [0.5])[..., 0])
+        else:
+            num_samples = DEFAULT_QUANTILE_SAMPLES if num_samples is None else num_samples
+            forecasts = self.predict(context, prediction_length, num_samples, **predict_kwargs)
+            array = np.concatenate([f.samples for f in forecasts])  # [batch, variate, H, S]
+            # numpy, not torch.quantile: that refuses inputs of more than 2**24 elements.
+            quantiles = torch.from_numpy(np.moveaxis(np.quantile(array, levels, axis=-1), 0, -1).astype(array.dtype))
+            mean = torch.from_numpy(array).mean(dim=-1)
+        if quantiles.shape[1] == 1:
             quantiles, mean = quantiles[:, 0], mean[:, 0]
         return quantiles, mean
 

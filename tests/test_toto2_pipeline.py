@@ -158,3 +158,27 @@ def test_save_pretrained_round_trip_is_exact(pipeline, tmp_path):
         np.concatenate([f.quantiles for f in copy.predict(context, 30)]),
         np.concatenate([f.quantiles for f in pipeline.predict(context, 30)]),
     )
+
+
+def test_data_frames_and_backtests_run_on_toto2(pipeline):
+    pd = pytest.importorskip("pandas")
+    from toto.evaluation import backtest
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "item_id": ["a"] * 120 + ["b"] * 90,
+        "timestamp": [*pd.date_range("2024-01-01", periods=120, freq="h"), *pd.date_range("2024-01-02", periods=90, freq="h")],
+        "target": np.concatenate([10 + np.sin(np.arange(120) / 4), 5 + rng.normal(size=90).cumsum()]),
+    })  # fmt: skip
+    out = pipeline.predict_df(frame, prediction_length=5, quantile_levels=(0.1, 0.25, 0.5, 0.9))
+    assert len(out) == 10 and list(out.columns[-4:]) == ["0.1", "0.25", "0.5", "0.9"]
+    knots = pipeline.predict(torch.tensor(frame.target[:120].to_numpy(), dtype=torch.float32), 5)[0].quantiles[0, 0]
+    first = out[out.item_id == "a"]
+    np.testing.assert_allclose(first["0.1"], knots[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(first["0.25"], (knots[:, 1] + knots[:, 2]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(first["predictions"], knots[:, 4], rtol=1e-5)
+    np.testing.assert_allclose(first["mean"], knots[:, 4], rtol=1e-5)  # a quantile model's mean: its median
+    result = backtest(pipeline, frame, prediction_length=5, windows=2)
+    assert np.isfinite(result.summary.loc["MASE", "toto"]) and np.isfinite(result.summary.loc["WQL", "toto"])
+    with pytest.raises(ValueError, match="seed: Toto 2.0 forecasts quantiles"):
+        pipeline.predict_df(frame, prediction_length=5, seed=0)

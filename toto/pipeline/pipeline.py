@@ -446,9 +446,11 @@ class TotoPipeline:
         keys = None
         if options.seed is not None and not quantile_model:
             keys = item_keys(options.seed, [i.item_id for i in panel.items], [i.timestamps[-1] for i in panel.items])
-        samples = None if quantile_model and options.num_samples == DEFAULT_FRAME_SAMPLES else options.num_samples
-        request = self._request(options.prediction_length, samples, options.samples_per_batch, options.batch_size,
-                                options.seed, keys, None, show_progress)  # fmt: skip
+        samples, per_batch = options.num_samples, options.samples_per_batch
+        if quantile_model and samples == DEFAULT_FRAME_SAMPLES and per_batch == samples:  # the defaults: not asked for
+            samples = per_batch = None
+        request = self._request(options.prediction_length, samples, per_batch, options.batch_size, options.seed, keys,
+                                None, show_progress)  # fmt: skip
         summaries = self._forecast(
             series, observed, None if future is None else torch.from_numpy(future).float(), request,
             summarize=quantile_summary(len(panel.targets), list(options.quantile_levels),

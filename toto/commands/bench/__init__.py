@@ -80,6 +80,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--oracle", type=Path, default=Path(".oracle"), help="folder holding toto_upstream (default: .oracle)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    group = parser.add_argument_group("Toto 2.0 (--family toto2)")
+    group.add_argument(
+        "--family", choices=("toto1", "toto2"), default="toto1",
+        help="toto2: Toto 2.0 workloads T1-T3 against upstream's toto-2 instead of S1-S4 (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--toto2-workloads", default="T1,T2", type=_choices(("T1", "T2", "T3")),
+        help="T1 7.3M config 8x2x2048->512, T2 22m 64x1x4096->256, T3 313m 16x1x2048->768 (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--toto2-runners", default="upstream-eager,ours-eager,ours-compiled",
+        type=_choices(("upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled")),
+        help="default: %(default)s (upstream-compiled: torch.compile of its transformer)",
+    )  # fmt: skip
+    group.add_argument("--decode-block-size", type=int, default=768, help="both sides (default: %(default)s)")
     parser.add_argument(
         "--config", type=Path, metavar="JSON",
         help="a model config.json to benchmark instead of the published architecture (random weights either way)",
@@ -126,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     problem = s4_problem(args)
     if problem:
         raise UsageError(problem)
+    if args.family == "toto2":
+        return run_toto2_bench(args)
     from ...config import PUBLISHED_CONFIG
     from .report import table, worst_exit
     from .runners import oracle_available
@@ -159,6 +176,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return worst_exit(report)
+
+
+def run_toto2_bench(args: argparse.Namespace) -> int:
+    from .toto2 import run_toto2, table
+
+    results = run_toto2(args)
+    print(table(results, args))
+    if args.json:
+        args.json.write_text(json.dumps({"family": "toto2", "device": args.device, "dtype": args.dtype,
+                                         "results": results}, indent=2))  # fmt: skip
+    return 0
 
 
 def s4_settings(args: argparse.Namespace) -> S4Settings:

@@ -163,3 +163,17 @@ def test_contexts_of_one_bucket_share_the_graphs(published_pair):
                      warmup=[call(70, 9), call(70, 40)])  # fmt: skip
     assert checked.warm.graphs >= 2  # the first block's graph and the later blocks'
     assert (checked.graph_breaks, checked.new_in_steady_state) == (0, 0)
+
+
+def test_bfloat16_compiled_stays_close_to_float32(published_pair, record):
+    """bfloat16 weights, compiled: the scaler's statistics stay in float64 and the quantiles come
+    back in float32, within bfloat16's rounding of the float32 forecast."""
+    import copy
+
+    _, ours = published_pair
+    values, observed = series(2, 2, 83, missing=True)
+    reference = Toto2Forecaster(ours).forecast(values, observed, 44, 16)
+    forecaster = Toto2Forecaster(copy.deepcopy(ours).to(torch.bfloat16), CompileSettings(enabled=True))
+    forecast = forecaster.forecast(values, observed, 44, 16)
+    assert forecaster.compiled and forecaster.compile_error is None and forecast.dtype == torch.float32
+    assert record("bfloat16 vs float32", rel(forecast, reference)) <= 3e-2

@@ -18,6 +18,8 @@ from tests.cli_run import cli
 from toto import TotoPipeline
 from toto.cli import build_parser
 from toto.commands import forecast as forecast_command
+from toto.commands.options import sampling_options
+from toto.families import Toto1Family
 from toto.checkpoints.reading import DEFAULT_MODEL_ID
 
 H = 20  # more than one tiny patch (16), so a decode step runs
@@ -245,7 +247,8 @@ def test_unloadable_model(tmp_path, capsys):
 def test_defaults():
     args = build_parser().parse_args(["forecast", "--input", "x.csv", "--prediction-length", "5"])
     assert args.model == DEFAULT_MODEL_ID
-    assert (args.num_samples, args.samples_per_batch, args.seed) == (256, 256, 0)
+    assert (args.num_samples, args.samples_per_batch, args.seed) == (None, None, None)  # per model family:
+    assert sampling_options(args, Toto1Family) == {"num_samples": 256, "samples_per_batch": 256, "seed": 0}
     assert [level for _, level in args.quantiles] == [0.1, 0.5, 0.9]
     assert args.compile is None  # TOTO_COMPILE decides
     assert args.device == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -73,6 +73,20 @@ def resolve_checkpoint(
     )
 
 
+def resolve_config(model_id_or_path: str | os.PathLike) -> Path:
+    """Only the ``config.json`` of a checkpoint (a folder, beside a weights file, or from the hub)."""
+    path = Path(os.path.expanduser(str(model_id_or_path)))
+    if path.is_dir() or path.is_file():
+        config = (path if path.is_dir() else path.parent) / CONFIG_NAME
+        if not config.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {config}")
+        return config
+    name = str(model_id_or_path)
+    if not _looks_like_repo_id(name):
+        raise FileNotFoundError(f"checkpoint not found: {name!r} is neither an existing path nor a hub repo id")
+    return _hub_download(name, CONFIG_NAME, None, None, False, None, False)
+
+
 def read_config_json(path: Path) -> Any:
     """``config.json`` parsed, not yet interpreted (any model family)."""
     try:

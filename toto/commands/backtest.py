@@ -23,7 +23,9 @@ from .options import (
     check_model,
     frame_levels,
     forecast_error,
+    add_sampling_arguments,
     frame_options,
+    model_family,
     load_pipeline,
     names,
     quantiles,
@@ -69,8 +71,7 @@ def add_parser(subparsers) -> None:
         help="levels strictly inside (0, 1); WQL averages them (default: %(default)s)")
     add("--interval", type=_interval, help="LOW,HIGH: the coverage interval, two of --quantiles "
         "(default: the lowest and highest)")
-    add("--num-samples", type=_positive_int, default=256, help="default: %(default)s")
-    add("--samples-per-batch", type=_positive_int, default=256, help="default: %(default)s")
+    add_sampling_arguments(parser)
     add("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
         help="series (item windows) forecast at once (default: %(default)s)")
     add("--output", type=Path, help="metrics per (item, window, target): Parquet for .parquet or .pq, else CSV")
@@ -81,7 +82,6 @@ def add_parser(subparsers) -> None:
     add("--plot-item", help="the item to plot (default: the first)")
     add_device_argument(parser)
     add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
-    add("--seed", type=int, default=0, help="default: %(default)s")
     add_engine_arguments(parser, "no --plot")
     parser.set_defaults(run=run)
 
@@ -137,7 +137,8 @@ def backtest_command(args: argparse.Namespace) -> None:
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
-        result = backtest(pipeline, long_input.data.frame, **backtest_options(args, levels, interval, stride))
+        options = backtest_options(args, levels, interval, stride, pipeline.family)
+        result = backtest(pipeline, long_input.data.frame, **options)
     except ValueError as err:  # CellError included
         raise forecast_error(err, long_input) from None
     elapsed = time.perf_counter() - started
@@ -163,9 +164,9 @@ def backtest_ray(
     from ..engines.ray import backtest_dataset
 
     stride = args.stride or args.prediction_length
-    options = backtest_options(args, levels, interval, stride)
     check_model(args.model)
     workers = connect_ray(args)
+    options = backtest_options(args, levels, interval, stride, model_family(args.model))
     print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
           file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -182,9 +183,11 @@ def backtest_ray(
         print(f"wrote {path} ({option})", file=sys.stderr)
 
 
-def backtest_options(args: argparse.Namespace, levels: list[float], interval: tuple[float, float], stride: int) -> dict:
-    """The keyword arguments of a backtest on either engine."""
-    options = frame_options(args, levels)
+def backtest_options(
+    args: argparse.Namespace, levels: list[float], interval: tuple[float, float], stride: int, family: Any
+) -> dict:
+    """The keyword arguments of a backtest on either engine (``family``: the model's)."""
+    options = frame_options(args, levels, family)
     return {**options, "windows": args.windows, "stride": stride, "interval": interval, "seasonality": args.seasonality}
 
 

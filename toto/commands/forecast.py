@@ -30,7 +30,10 @@ from .options import (
     add_model_argument,
     check_model,
     frame_levels,
+    add_sampling_arguments,
     frame_options,
+    model_family,
+    sampling_options,
     horizon_error,
     load_pipeline,
     forecast_error,
@@ -67,8 +70,7 @@ def add_parser(subparsers) -> None:
     add("--future", type=Path,
         help="long format: file (.csv, .parquet, .pq) of id, timestamp and the known future of exogenous columns")
     add("--prediction-length", required=True, type=_positive_int, help="steps to forecast")
-    add("--num-samples", type=_positive_int, default=256, help="default: %(default)s")
-    add("--samples-per-batch", type=_positive_int, default=256, help="default: %(default)s")
+    add_sampling_arguments(parser)
     add("--batch-size", type=_positive_int, help=f"long format: items forecast at once (default: {DEFAULT_BATCH_SIZE})")
     add("--quantiles", type=quantiles, default="0.1,0.5,0.9",
         help="levels in [0, 1]; strictly inside (0, 1) in long format; each names its output column, as "
@@ -78,7 +80,6 @@ def add_parser(subparsers) -> None:
              "with --engine ray (required there): a new folder that receives Parquet files")
     add_device_argument(parser)
     add("--compile", action=argparse.BooleanOptionalAction, help="default: the TOTO_COMPILE variable decides")
-    add("--seed", type=int, default=0, help="default: %(default)s")
     add_engine_arguments(parser, "forecast long format only; no --future")
     parser.set_defaults(run=run)
 
@@ -139,21 +140,21 @@ def forecast(args: argparse.Namespace) -> None:
     pipeline = load_pipeline(args)
     context = torch.from_numpy(table.values[None].astype(np.float32))  # (1 series, columns as variates, time)
     try:
-        samples = pipeline.predict(
-            context, args.prediction_length, num_samples=args.num_samples, samples_per_batch=args.samples_per_batch,
-            seed=args.seed, progress=_progress_printer(), **options,
-        )[0].samples
+        forecast = pipeline.predict(
+            context, args.prediction_length, progress=_progress_printer(), **sampling_options(args, pipeline.family),
+            **options,
+        )[0]
     except ValueError as err:  # a forecast too large for memory, say (the input was checked on reading)
         raise forecast_error(err) from None
     future = None if table.timeline is None else table.timeline.future(args.prediction_length)
     if args.output is None:
-        write_forecast(sys.stdout, table.columns, samples, args.quantiles, future)
+        write_forecast(sys.stdout, table.columns, forecast, args.quantiles, future)
         return
 
     def write(temporary: Path) -> None:
         try:
             with open(temporary, "w", newline="", encoding="utf-8") as out:
-                write_forecast(out, table.columns, samples, args.quantiles, future)
+                write_forecast(out, table.columns, forecast, args.quantiles, future)
         except OSError as err:
             raise UsageError(f"cannot write {args.output} ({err.strerror or err})") from None
 
@@ -179,7 +180,7 @@ def forecast_long(args: argparse.Namespace) -> None:
         frame = pipeline.predict_df(
             long_input.data.frame,
             None if long_input.future is None else long_input.future.frame,
-            **frame_options(args, levels),
+            **frame_options(args, levels, pipeline.family),
         )
     except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
         raise horizon_error(args.prediction_length) from None  # the horizon's timestamps overflow
@@ -211,8 +212,8 @@ def forecast_ray(args: argparse.Namespace) -> None:
         raise UsageError("--engine ray needs --output: a new folder for the Parquet files")
     check_output_folder(args.output, "--output")
     check_model(args.model)
-    options = frame_options(args, levels)
     workers = connect_ray(args)
+    options = frame_options(args, levels, model_family(args.model))
     started = time.perf_counter()
     with ray_errors(args):
         dataset = forecast_dataset(str(args.input.absolute()), **options, **workers)

@@ -28,6 +28,9 @@ PREDICT_OPTIONS = {
     "samples_per_batch": "--samples-per-batch",
     "batch_size": "--batch-size",
 }
+# Sampling options: their flags and defaults for a model that draws samples (Toto 1.0).
+SAMPLING = {"num_samples": ("--num-samples", 256), "samples_per_batch": ("--samples-per-batch", 256),
+            "seed": ("--seed", 0)}  # fmt: skip
 NOT_A_CHECKPOINT = "expected a folder with config.json and model.safetensors, a model.safetensors file, or a hub id"
 
 
@@ -36,6 +39,41 @@ def add_model_argument(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
     kwargs.setdefault("help", "hub id or local checkpoint folder (default: %(default)s); offline, "
                       "'toto-compiled export --random-weights DIR' writes one")
     parser.add_argument("--model", **kwargs)
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    from .common import _positive_int
+
+    note = "a quantile model (Toto 2.0) draws no samples and takes none"
+    parser.add_argument("--num-samples", type=_positive_int, help=f"default: 256; {note}")
+    parser.add_argument("--samples-per-batch", type=_positive_int, help=f"default: 256; {note}")
+    parser.add_argument("--seed", type=int, help=f"default: 0; {note}")
+
+
+def sampling_options(args: argparse.Namespace, family: Any) -> dict:
+    """--num-samples, --samples-per-batch and --seed as keyword arguments for ``family`` (a model
+    family or its class): their defaults where it samples; for a quantile model, none, and
+    naming one is a usage error."""
+    asked = {key: getattr(args, key) for key in SAMPLING if getattr(args, key, None) is not None}
+    if family.output == "quantiles":
+        if asked:
+            flags = ", ".join(SAMPLING[key][0] for key in asked)
+            raise UsageError(f"{flags}: {family.name} forecasts quantiles; it draws no samples")
+        return {}
+    return {**{key: default for key, (_, default) in SAMPLING.items()}, **asked}
+
+
+def model_family(model: str) -> Any:
+    """The family class of ``model`` from its config.json alone (where the workers, not this
+    process, load the weights)."""
+    from ..checkpoints.reading import read_config_json, resolve_config
+    from ..families import family_of
+
+    try:
+        config = resolve_config(model)
+        return family_of(read_config_json(config), str(config))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load model {model!r}: {err}") from None
 
 
 def names(text: str) -> list[str]:
@@ -123,8 +161,9 @@ def long_columns(args: argparse.Namespace) -> tuple[str, str, list[str]]:
     return id_column, timestamp_column, targets
 
 
-def frame_options(args: argparse.Namespace, levels: list[float]) -> dict:
-    """The keyword arguments that the long-format paths (``predict_df``, backtests, either engine) share."""
+def frame_options(args: argparse.Namespace, levels: list[float], family: Any) -> dict:
+    """The keyword arguments that the long-format paths (``predict_df``, backtests, either engine)
+    share; ``family``: the model's (:func:`sampling_options`)."""
 
     id_column, timestamp_column, targets = long_columns(args)
     return dict(
@@ -133,10 +172,8 @@ def frame_options(args: argparse.Namespace, levels: list[float]) -> dict:
         target=targets,
         prediction_length=args.prediction_length,
         quantile_levels=levels,
-        num_samples=args.num_samples,
-        samples_per_batch=args.samples_per_batch,
         batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
-        seed=args.seed,
+        **sampling_options(args, family),
     )
 
 

@@ -159,12 +159,17 @@ def _datetimes(pd: Any, text: Any, data: DataFile, name: str) -> Any:
 
 
 def write_forecast(
-    out: TextIO, names: list[str], samples: np.ndarray, quantiles: list[tuple[str, float]], future: list[str] | None
+    out: TextIO, names: list[str], forecast: Any, quantiles: list[tuple[str, float]], future: list[str] | None
 ) -> None:
-    """One row per (column, step): series, step, [timestamp,] mean, then the quantiles over samples,
-    named as :meth:`TotoPipeline.predict_df` names them (``0.1``)."""
-    paths = samples[0].astype(np.float64)  # (variates, horizon, samples)
-    stats = np.stack([paths.mean(-1), *np.quantile(paths, [q for _, q in quantiles], axis=-1)], axis=-1)
+    """One row per (column, step): series, step, [timestamp,] mean, then the quantiles (over
+    samples, or between a quantile model's knots, where the mean is its median), named as
+    :meth:`TotoPipeline.predict_df` names them (``0.1``)."""
+    levels = [q for _, q in quantiles]
+    if forecast.samples is None:
+        stats = np.stack([forecast.mean[0], *forecast.quantile(levels)[:, 0]], axis=-1).astype(np.float64)
+    else:
+        paths = forecast.samples[0].astype(np.float64)  # (variates, horizon, samples)
+        stats = np.stack([paths.mean(-1), *np.quantile(paths, levels, axis=-1)], axis=-1)
     writer = csv.writer(out, lineterminator="\n")
     levels = [quantile_column(q) for _, q in quantiles]
     writer.writerow(["series", "step", *(["timestamp"] if future else []), "mean", *levels])

@@ -1,0 +1,72 @@
+"""The commands on a Toto 2.0 checkpoint: forecast (wide and long) and backtest write its
+quantiles; the sampling options are usage errors for a quantile model."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from checkpoints import TINY_TOTO2_CONFIG, write_random_toto2
+from cli_run import run_main
+
+from toto import TotoPipeline
+
+
+@pytest.fixture(scope="module")
+def toto2_checkpoint(tmp_path_factory):
+    return write_random_toto2(tmp_path_factory.mktemp("toto2"), TINY_TOTO2_CONFIG, seed=5)
+
+
+def command(checkpoint, name: str, *args: str) -> list[str]:
+    return [name, "--model", str(checkpoint), "--device", "cpu", "--no-compile", *args]
+
+
+@pytest.fixture
+def wide_csv(tmp_path):
+    path = tmp_path / "wide.csv"
+    values = 10 + np.sin(np.arange(80) / 3)
+    path.write_text("a\n" + "\n".join(f"{v:.6f}" for v in values) + "\n")
+    return path, values
+
+
+def test_forecast_writes_the_knots_and_the_median(capsys, toto2_checkpoint, wide_csv):
+    path, values = wide_csv
+    code, out, err = run_main(capsys, command(toto2_checkpoint, "forecast", "--input", str(path),
+                                              "--prediction-length", "6", "--quantiles", "0.1,0.25,0.9"))  # fmt: skip
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["step"] for r in rows] == [str(i) for i in range(1, 7)]
+    pipeline = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
+    knots = pipeline.predict(values.astype(np.float32), 6)[0].quantiles[0, 0]
+    np.testing.assert_allclose([float(r["mean"]) for r in rows], knots[:, 4], rtol=1e-5)
+    np.testing.assert_allclose([float(r["0.1"]) for r in rows], knots[:, 0], rtol=1e-5)
+    np.testing.assert_allclose([float(r["0.25"]) for r in rows], (knots[:, 1] + knots[:, 2]) / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", [["--num-samples", "8"], ["--samples-per-batch", "8"], ["--seed", "1"]])
+def test_sampling_options_are_usage_errors(capsys, toto2_checkpoint, wide_csv, option):
+    path, _ = wide_csv
+    code, _, err = run_main(capsys, command(toto2_checkpoint, "forecast", "--input", str(path),
+                                            "--prediction-length", "6", *option))  # fmt: skip
+    assert code == 2 and f"{option[0]}: Toto 2.0 forecasts quantiles; it draws no samples" in err
+
+
+def test_long_forecast_and_backtest_run(capsys, toto2_checkpoint, tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"item_id": ["x"] * 90 + ["y"] * 70,
+                          "timestamp": [*pd.date_range("2024-01-01", periods=90, freq="D"),
+                                        *pd.date_range("2024-02-01", periods=70, freq="D")],
+                          "target": np.concatenate([np.arange(90.0), 5 + np.cos(np.arange(70.0))])})  # fmt: skip
+    path = tmp_path / "long.csv"
+    frame.to_csv(path, index=False)
+    code, out, err = run_main(capsys, command(toto2_checkpoint, "forecast", "--input", str(path), "--id-column",
+                                              "item_id", "--prediction-length", "4"))  # fmt: skip
+    assert code == 0, err
+    forecast = pd.read_csv(io.StringIO(out))
+    assert len(forecast) == 8 and (forecast["predictions"] == forecast["mean"]).all()
+    code, out, err = run_main(capsys, command(toto2_checkpoint, "backtest", "--input", str(path), "--id-column",
+                                              "item_id", "--prediction-length", "4", "--windows", "2"))  # fmt: skip
+    assert code == 0, err
+    assert "MASE" in out and "WQL" in out

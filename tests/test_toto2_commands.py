@@ -70,3 +70,15 @@ def test_long_forecast_and_backtest_run(capsys, toto2_checkpoint, tmp_path):
                                               "item_id", "--prediction-length", "4", "--windows", "2"))  # fmt: skip
     assert code == 0, err
     assert "MASE" in out and "WQL" in out
+
+
+def test_export_writes_random_toto2_sizes_and_copies_toto2_checkpoints(capsys, tmp_path, toto2_checkpoint):
+    code, out, err = run_main(capsys, ["export", "--random-weights", str(tmp_path / "r"), "--size", "toto2-4m"])
+    assert code == 0, err
+    assert "RANDOM weights" in err
+    pipeline = TotoPipeline.from_pretrained(str(tmp_path / "r"), device_map="cpu")
+    assert pipeline.family.name == "Toto 2.0"
+    assert round(sum(p.numel() for p in pipeline.model.parameters()) / 1e6) == 4  # "4m": the size in its name
+    code, _, err = run_main(capsys, ["export", str(toto2_checkpoint), str(tmp_path / "copy")])
+    assert code == 0, err
+    assert (tmp_path / "copy" / "config.json").read_text() == (toto2_checkpoint / "config.json").read_text()

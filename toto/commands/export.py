@@ -29,6 +29,8 @@ TINY_OVERRIDES: dict[str, Any] = {
     "patch_size": 16, "stride": 16, "embed_dim": 32, "num_layers": 4, "num_heads": 4, "mlp_hidden_dim": 64,
     "spacewise_every_n_layers": 2, "output_distribution_kwargs": {"k_components": 5},
 }  # fmt: skip
+TOTO2_SIZES = ("4m", "22m", "313m", "1B", "2.5B")
+SIZES = ("published", "tiny", *(f"toto2-{size}" for size in TOTO2_SIZES))
 
 
 def add_parser(subparsers) -> None:
@@ -45,8 +47,9 @@ def add_parser(subparsers) -> None:
     add("--random-weights", type=Path, metavar="DIR",
         help="instead of SOURCE OUTPUT_DIR: write a checkpoint with random weights into DIR (no network needed); "
              "load it with --model DIR")
-    add("--size", choices=("published", "tiny"), default="published",
-        help="--random-weights: the published architecture (151M parameters) or a tiny one (default: %(default)s)")
+    add("--size", choices=SIZES, default="published",
+        help="--random-weights: Toto 1.0's published architecture (151M parameters) or a tiny one, or a Toto 2.0 "
+             "size (toto2-4m ... toto2-2.5B) (default: %(default)s)")
     add("--seed", type=int, default=0, help="--random-weights: the seed of the weights (default: %(default)s)")
     add("--force", action="store_true", help="overwrite config.json / model.safetensors already in the folder")
     parser.set_defaults(run=run)
@@ -77,8 +80,10 @@ def export(
     force: bool = False,
 ) -> list[Path]:
     """Load ``source`` (with ``finetuned_checkpoint``'s weights, if given) and save it into ``output_dir``."""
+    import torch
+
     from ..checkpoints.writing import save_pretrained
-    from ..model.toto import Toto
+    from ..families import load_family
     from ..scripts.finetune_toto import load_finetuned_toto
 
     output_dir = Path(output_dir)
@@ -86,8 +91,8 @@ def export(
     check_model(source, "SOURCE")
     what = f"{source!r} with {str(finetuned_checkpoint)!r}" if finetuned_checkpoint else repr(source)
     try:
-        if finetuned_checkpoint is None:
-            model = Toto.from_pretrained(source, device="cpu")
+        if finetuned_checkpoint is None:  # any family, read from config.json
+            model = load_family(source, device=torch.device("cpu")).model
         else:
             model = load_finetuned_toto(source, finetuned_checkpoint, map_location="cpu")
     except (OSError, ValueError) as err:  # no such file, hub failure, bad config, weights or pickle
@@ -107,9 +112,14 @@ def export_random(output_dir: str | os.PathLike, *, size: str = "published", see
 
     output_dir = Path(output_dir)
     _check_destination(output_dir, force)
-    config = {**PUBLISHED_CONFIG, **(TINY_OVERRIDES if size == "tiny" else {})}
     try:
-        write_checkpoint(output_dir, config, seed=seed)
+        if size.startswith("toto2-"):
+            from ..toto2.config import PUBLISHED_TOTO2_CONFIGS
+            from ..toto2.loading import write_random_toto2
+
+            write_random_toto2(output_dir, PUBLISHED_TOTO2_CONFIGS[size.removeprefix("toto2-")], seed=seed)
+        else:
+            write_checkpoint(output_dir, {**PUBLISHED_CONFIG, **(TINY_OVERRIDES if size == "tiny" else {})}, seed=seed)
     except OSError as err:
         raise UsageError(f"cannot write into {output_dir}: {err}") from None
     print(f"{PROG}: RANDOM weights ({size} architecture): they check the machinery, not forecast quality",

@@ -82,3 +82,11 @@ def test_export_writes_random_toto2_sizes_and_copies_toto2_checkpoints(capsys, t
     code, _, err = run_main(capsys, ["export", str(toto2_checkpoint), str(tmp_path / "copy")])
     assert code == 0, err
     assert (tmp_path / "copy" / "config.json").read_text() == (toto2_checkpoint / "config.json").read_text()
+
+
+def test_check_runs_on_a_toto2_checkpoint(capsys, toto2_checkpoint, monkeypatch):
+    monkeypatch.setenv("TOTO_COMPILE_BACKEND", "aot_eager")  # the rows and their plumbing, not inductor's kernels
+    code, out, err = run_main(capsys, ["check", "--quick", "--model", str(toto2_checkpoint), "--device", "cpu"])
+    assert code == 0, out + err[-2000:]
+    assert "9 quantiles (Toto 2.0)" in out and "All checks PASSED" in out
+    assert "quantile difference (max rel.)" in out

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import __version__
 from ..inference.capacity import bucket_capacity
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ..compile.health import Health
     from ..data.util.dataset import MaskedTimeseries
     from ..inference.forecaster import TotoForecaster
-    from ..model.toto import Toto
 
 DESCRIPTION = (
     "Run one synthetic series through eager and compiled forecasting and print a TEST SUMMARY: "
@@ -105,6 +104,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:  # no such folder, hub failure, bad config or weights
         raise UsageError(f"cannot load model {args.model!r}: {err}") from None
     print(f"model: {model_note}", file=sys.stderr, flush=True)
+    from ..toto2.model import Toto2Model
+
+    if isinstance(model, Toto2Model):
+        from .check_toto2 import compare_toto2
+
+        rows, mode = compare_toto2(model, scenario, args.device, args.compile_mode, args.seed)
+        print(summary(rows, scenario, args.device, mode, model_note, args.seed, outputs="9 quantiles (Toto 2.0)"))
+        return 1 if any(row.failed for row in rows) else 0
     from ..inference.forecaster import TotoForecaster
 
     eager = TotoForecaster(model.model, torch_compile=False)
@@ -114,13 +121,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(row.failed for row in rows) else 0
 
 
-def load_model(model_id: str | None, device: str) -> tuple[Toto, str]:
+def load_model(model_id: str | None, device: str) -> tuple[Any, str]:
+    """A :class:`Toto` or a Toto 2.0 model (the family read from ``config.json``), and how to name it."""
+    import torch
+
     from ..checkpoints.random_weights import write_checkpoint
     from ..config import PUBLISHED_CONFIG
+    from ..families import load_family
     from ..model.toto import Toto
 
     if model_id is not None:
-        return Toto.from_pretrained(model_id, device=device).eval(), model_id
+        return load_family(model_id, device=torch.device(device)).model.eval(), model_id
     with tempfile.TemporaryDirectory() as tmp:
         model = Toto.load_from_checkpoint(write_checkpoint(Path(tmp), PUBLISHED_CONFIG, seed=0), map_location=device)
     note = "published architecture with RANDOM weights (checks equivalence and speed, not forecast quality)"
@@ -287,7 +298,9 @@ def speed_row(eager_s: float, compiled_s: float, repeats: int, device: str) -> R
     return Row(name, *times, "info", f"speed-up {speedup:.2f}x (not judged on CPU: compute-bound at this size)")
 
 
-def summary(rows: list[Row], scenario: Scenario, device: str, mode: str, model_note: str, seed: int) -> str:
+def summary(
+    rows: list[Row], scenario: Scenario, device: str, mode: str, model_note: str, seed: int, outputs: str = ""
+) -> str:
     import torch
 
     where = describe(device)
@@ -297,7 +310,7 @@ def summary(rows: list[Row], scenario: Scenario, device: str, mode: str, model_n
         f"toto-compiled {__version__}, torch {torch.__version__}, {where}, compile mode {mode}",
         f"model: {model_note}",
         f"series: synthetic 15-minute metric, context {scenario.context}, horizon {scenario.horizon}, "
-        f"{scenario.num_samples} samples, seed {seed}",
+        f"{outputs or f'{scenario.num_samples} samples'}, seed {seed}",
         "",
     ]
     table = [("check", "eager", "compiled", "result", "")] + [

@@ -90,3 +90,23 @@ def test_check_runs_on_a_toto2_checkpoint(capsys, toto2_checkpoint, monkeypatch)
     assert code == 0, out + err[-2000:]
     assert "9 quantiles (Toto 2.0)" in out and "All checks PASSED" in out
     assert "quantile difference (max rel.)" in out
+
+
+def test_finetune_trains_a_toto2_checkpoint(capsys, toto2_checkpoint, tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    stamps = pd.date_range("2024-01-01", periods=300, freq="h")
+    frame = pd.concat([pd.DataFrame({"item_id": f"s{i}", "timestamp": stamps,
+                                     "target": 10 + 3 * np.sin(np.arange(300) / 4 + i) + rng.normal(0, 0.3, 300)})
+                       for i in range(3)])  # fmt: skip
+    frame.to_csv(tmp_path / "long.csv", index=False)
+    code, _, err = run_main(capsys, ["finetune", "--model", str(toto2_checkpoint), "--input", str(tmp_path / "long.csv"),
+                                     "--output", str(tmp_path / "out"), "--prediction-length", "32",
+                                     "--context-length", "64", "--steps", "3", "--batch-size", "4", "--no-compile",
+                                     "--device", "cpu", "--quiet"])  # fmt: skip
+    assert code == 0, err
+    tuned = TotoPipeline.from_pretrained(str(tmp_path / "out"), device_map="cpu")
+    assert tuned.family.name == "Toto 2.0"
+    original = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
+    assert not np.array_equal(tuned.predict(np.arange(64.0), 8)[0].quantiles,
+                              original.predict(np.arange(64.0), 8)[0].quantiles)  # fmt: skip

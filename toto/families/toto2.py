@@ -4,6 +4,7 @@ nine knots from :class:`~toto.toto2.model.Toto2Model`, decoded by
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 from typing import Any, Callable, Mapping
@@ -122,3 +123,15 @@ class Toto2Family(ModelFamily):
 
     def save_pretrained(self, directory: str | os.PathLike) -> list:
         return save_pretrained(self.model, directory)
+
+    def fine_tuned(self, inputs: Any, options: Any, validation_inputs: Any) -> tuple["Toto2Family", Any]:
+        """A copy trained with the pinball loss over the knots (:mod:`toto.training.quantile_loss`)."""
+        from ..training import TrainingDiverged, fit_backbone
+
+        model = copy.deepcopy(self.model)
+        try:
+            history = fit_backbone(model, inputs, options, validation_inputs, quantile_model=True)
+        except TrainingDiverged as err:
+            err.model = model.eval()
+            raise
+        return type(self)(model, self.compile_options, self.decode_block_size), history

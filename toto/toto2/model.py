@@ -137,6 +137,10 @@ class Toto2Model(nn.Module):
     def patch_size(self) -> int:
         return self.config.patch_size
 
+    @property
+    def device(self) -> torch.device:
+        return self.patch_proj.linear1.weight.device
+
     def embed(self, scaled: Float[Tensor, "... patch step"], observed: Bool[Tensor, "... patch step"]) -> Tensor:
         """One token per patch from its scaled values and its missing-value indicator."""
         return self.patch_proj(torch.cat((scaled, (~observed).to(scaled.dtype)), -1))

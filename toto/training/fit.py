@@ -30,6 +30,7 @@ from .step import (
     default_phases,
     trainable_parameters,
 )
+from .quantile_loss import QuantileWindowLoss, toto2_trainable_parameters
 from .windows import WindowSampler, Windows, last_windows, training_series
 
 PRECISIONS = ("fp32", "bf16")
@@ -110,8 +111,12 @@ def fit_backbone(
     options: FitOptions,
     validation_inputs: Any = None,
     report: Callable[[str], None] | None = None,
+    quantile_model: bool = False,
 ) -> FitHistory:
     """Fine-tune ``backbone`` in place on windows of ``inputs`` and return the history.
+
+    ``quantile_model``: ``backbone`` is a Toto 2.0 model, trained with the pinball loss over
+    its knots (:mod:`toto.training.quantile_loss`); it has no dropout or variate labels.
 
     With ``validation_inputs``, the backbone ends with the weights of its best validation
     (early stopping after ``early_stopping_patience`` validations without improvement).
@@ -145,16 +150,24 @@ def fit_backbone(
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     report = report if report is not None else (to_stderr if options.show_progress and rank == 0 else silent)
     device = backbone.device
-    if options.add_exogenous_features and backbone.fusion is None:
-        backbone.enable_variate_labels()
-    if options.dropout is not None:
-        set_dropout(backbone, options.dropout)
     autocast = torch.bfloat16 if _precision(options, device) == "bf16" else None
+    if quantile_model:
+        for option in ("dropout", "add_exogenous_features", "num_exogenous"):
+            if getattr(options, option):
+                raise ValueError(f"{option}: Toto 2.0 has no dropout, variate labels or exogenous variates to train")
+        loss, parameters = QuantileWindowLoss(backbone, autocast), toto2_trainable_parameters(backbone, options.trainable)
+    else:
+        if options.add_exogenous_features and backbone.fusion is None:
+            backbone.enable_variate_labels()
+        if options.dropout is not None:
+            set_dropout(backbone, options.dropout)
+        loss = WindowLoss(backbone, options.num_exogenous, autocast)
+        parameters = trainable_parameters(backbone, options.trainable)
     warmup, stable, decay = default_phases(options.num_steps, options.warmup_steps, options.decay_steps)
     backbone.train()
     step = TrainingStep(
-        WindowLoss(backbone, options.num_exogenous, autocast),
-        trainable_parameters(backbone, options.trainable),
+        loss,
+        parameters,
         learning_rate=options.learning_rate, min_learning_rate=options.min_learning_rate,
         warmup_steps=warmup, stable_steps=stable, decay_steps=decay, weight_decay=options.weight_decay,
         max_grad_norm=options.max_grad_norm, compile=options.compile,

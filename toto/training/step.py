@@ -101,7 +101,7 @@ class TrainingStep:
 
     def __init__(
         self,
-        loss: WindowLoss,
+        loss: nn.Module,
         parameters: list[nn.Parameter],
         *,
         learning_rate: float,
@@ -129,7 +129,7 @@ class TrainingStep:
 
             device_ids = [loss.backbone.device] if loss.backbone.device.type == "cuda" else None
             # Variate labels: the exogenous one is unused by batches without exogenous variates.
-            has_labels = loss.backbone.exogenous_variate_label is not None
+            has_labels = getattr(loss.backbone, "exogenous_variate_label", None) is not None
             train = DistributedDataParallel(loss, device_ids=device_ids, find_unused_parameters=has_labels)
         self._train: Callable[..., tuple[Tensor, Tensor]] = train
         self._evaluate: Callable[..., tuple[Tensor, Tensor]] = loss.evaluate

@@ -167,7 +167,8 @@ def test_data_frames_and_backtests_run_on_toto2(pipeline):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({
         "item_id": ["a"] * 120 + ["b"] * 90,
-        "timestamp": [*pd.date_range("2024-01-01", periods=120, freq="h"), *pd.date_range("2024-01-02", periods=90, freq="h")],
+        "timestamp": [*pd.date_range("2024-01-01", periods=120, freq="h"),
+                      *pd.date_range("2024-01-02", periods=90, freq="h")],
         "target": np.concatenate([10 + np.sin(np.arange(120) / 4), 5 + rng.normal(size=90).cumsum()]),
     })  # fmt: skip
     out = pipeline.predict_df(frame, prediction_length=5, quantile_levels=(0.1, 0.25, 0.5, 0.9))

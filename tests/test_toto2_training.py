@@ -53,7 +53,8 @@ def test_the_loss_scores_the_next_patch_on_the_decoding_scale(toto2_checkpoint):
         quantiles, loc, scale = model(raw[..., :-patch], windows.observed[..., :-patch])
     losses = []
     for index in range(4):
-        target = torch.asinh((raw[0, 0, (index + 1) * patch : (index + 2) * patch] - loc[0, 0, index]) / scale[0, 0, index])
+        following = raw[0, 0, (index + 1) * patch : (index + 2) * patch]
+        target = torch.asinh((following - loc[0, 0, index]) / scale[0, 0, index])
         knots = quantiles[:, 0, 0, index, :patch]
         levels = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])[:, None]
         losses.append(torch.maximum(levels * (target - knots), (levels - 1) * (target - knots)).mean(0))
@@ -68,8 +69,8 @@ def test_fit_lowers_the_held_out_loss_and_saves_exactly(toto2_checkpoint, learni
     train, validation = learning_data
     pipeline = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
     # u-muP's unit-scaled weights take a larger learning rate than Toto 1.0's.
-    tuned = pipeline.fit(train, prediction_length=32, context_length=128, num_steps=80, batch_size=16, learning_rate=1e-2,
-                         compile=False, show_progress=False)  # fmt: skip
+    tuned = pipeline.fit(train, prediction_length=32, context_length=128, num_steps=80, batch_size=16,
+                         learning_rate=1e-2, compile=False, show_progress=False)  # fmt: skip
     windows = last_windows(training_series(validation), context_length=128, patch_size=PATCH, prediction_length=32)
     before, after = (held_out_pinball(p.model, windows) for p in (pipeline, tuned))
     stamps = pd.date_range("2024-01-01", periods=len(validation[0]), freq="h")

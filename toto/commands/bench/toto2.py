@@ -43,9 +43,12 @@ class Workload:
 
 
 WORKLOADS = {
-    "T1": Workload("7.3M config (d_model 256, 8 layers), 8 series x 2 variates x 2,048 -> 512", SEVEN_M, 8, 2, 2048, 512),
-    "T2": Workload("22m size, 64 series x 1 variate x 4,096 -> 256", PUBLISHED_TOTO2_CONFIGS["22m"], 64, 1, 4096, 256),
-    "T3": Workload("313m size, 16 series x 1 variate x 2,048 -> 768", PUBLISHED_TOTO2_CONFIGS["313m"], 16, 1, 2048, 768),
+    "T1": Workload("7.3M config (d_model 256, 8 layers), 8 series x 2 variates x 2,048 -> 512",
+                   SEVEN_M, 8, 2, 2048, 512),
+    "T2": Workload("22m size, 64 series x 1 variate x 4,096 -> 256",
+                   PUBLISHED_TOTO2_CONFIGS["22m"], 64, 1, 4096, 256),
+    "T3": Workload("313m size, 16 series x 1 variate x 2,048 -> 768",
+                   PUBLISHED_TOTO2_CONFIGS["313m"], 16, 1, 2048, 768),
 }
 RUNNERS = ("upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled")
 
@@ -69,8 +72,8 @@ def build_runners(folder: Path, names: list[str], oracle: Path, device: str, dty
                 model.transformer = torch.compile(model.transformer)
 
             def call(values, observed, horizon, model=model):
-                inputs = {"target": values, "target_mask": observed,
-                          "series_ids": torch.zeros(values.shape[:2], dtype=torch.long, device=values.device)}  # fmt: skip
+                ids = torch.zeros(values.shape[:2], dtype=torch.long, device=values.device)
+                inputs = {"target": values, "target_mask": observed, "series_ids": ids}
                 return model.forecast(inputs, horizon, decode_block_size=block, has_missing_values=False)
         else:
             settings = CompileSettings.resolve(torch_compile=name == "ours-compiled", device=device)
@@ -141,6 +144,7 @@ def run_toto2(args: Any) -> dict[str, dict[str, dict]]:
     names = [n for n in args.toto2_runners if n in RUNNERS]
     if any(n.startswith("upstream") for n in names) and not (args.oracle / "toto2").is_dir():
         names = [n for n in names if not n.startswith("upstream")]
-        print(f"upstream runners skipped: no toto2 in {args.oracle} (python scripts/install_oracle.py)", file=sys.stderr)
+        print(f"upstream runners skipped: no toto2 in {args.oracle} (python scripts/install_oracle.py)",
+              file=sys.stderr)
     return {key: measure(WORKLOADS[key], names, args) for key in args.toto2_workloads}
 

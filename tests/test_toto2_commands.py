@@ -102,8 +102,8 @@ def test_finetune_trains_a_toto2_checkpoint(capsys, toto2_checkpoint, tmp_path):
     frame.to_csv(tmp_path / "long.csv", index=False)
     code, _, err = run_main(capsys, ["finetune", "--model", str(toto2_checkpoint),
                                      "--input", str(tmp_path / "long.csv"), "--output", str(tmp_path / "out"),
-                                     "--prediction-length", "32", "--context-length", "64", "--steps", "3", "--batch-size", "4", "--no-compile",
-                                     "--device", "cpu", "--quiet"])  # fmt: skip
+                                     "--prediction-length", "32", "--context-length", "64", "--steps", "3",
+                                     "--batch-size", "4", "--no-compile", "--device", "cpu", "--quiet"])  # fmt: skip
     assert code == 0, err
     tuned = TotoPipeline.from_pretrained(str(tmp_path / "out"), device_map="cpu")
     assert tuned.family.name == "Toto 2.0"

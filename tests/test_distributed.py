@@ -234,3 +234,19 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"toto-compiled\[ray\]"):
         read_dataset("x.parquet", ["item_id"])
+
+
+def test_a_toto2_checkpoint_runs_on_the_ray_engine(ray_cluster, panel, tmp_path):
+    """A quantile model behind the same engine: its knots and median, as the local engine gives them."""
+    from checkpoints import TINY_TOTO2_CONFIG, write_random_toto2
+
+    checkpoint = write_random_toto2(tmp_path / "toto2", TINY_TOTO2_CONFIG, seed=7)
+    options = {k: v for k, v in OPTIONS.items() if k not in ("num_samples", "seed")}
+    dataset = ray_cluster.data.from_pandas(panel)
+    remote = ordered(forecast_dataset(dataset, model=checkpoint, batch_size=8, concurrency=2, compile=False,
+                                      **options).to_pandas())  # fmt: skip
+    local = ordered(TotoPipeline.from_pretrained(str(checkpoint), device_map="cpu").predict_df(panel, batch_size=8,
+                                                                                                **options))  # fmt: skip
+    pd.testing.assert_frame_equal(remote[KEYS], local[KEYS])
+    np.testing.assert_array_equal(remote[VALUES].to_numpy(float), local[VALUES].to_numpy(float))
+    assert (remote["predictions"] == remote["mean"]).all()  # a quantile model's mean is its median

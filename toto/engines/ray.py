@@ -127,7 +127,8 @@ def forecast_dataset(
     particular order across items). ``model``: a folder every worker can read, or a hub id.
     ``num_gpus_per_worker`` > 0 puts each actor on a GPU; ``torch_dtype`` (``"bfloat16"``)
     loads the weights in that dtype. ``seed=None`` draws from torch's generator, so a retried
-    batch draws again. ``_worker_hook`` is called by each actor before each batch (tests
+    batch draws again; a quantile model (Toto 2.0) draws nothing and takes the default seed
+    and sample counts only. ``_worker_hook`` is called by each actor before each batch (tests
     use it to kill one).
     """
     frame = FrameOptions(
@@ -357,12 +358,19 @@ class _ModelActor:
             self.hook()
         return rows.drop(columns=BATCH_COLUMN)
 
+    def for_model(self, frame: FrameOptions) -> FrameOptions:
+        """A quantile model (Toto 2.0) draws no samples: the engine's default seed (0) is not
+        passed on to it; any other seed is the pipeline's error."""
+        if self.pipeline.family.output == "quantiles" and frame.seed == 0:
+            return replace(frame, seed=None)
+        return frame
+
 
 class _ForecastActor(_ModelActor):
     def __call__(self, rows: Any, frame: FrameOptions) -> Any:
         rows = self.items(rows)
         # The whole planned batch in one call: the batches are the plan's.
-        whole = replace(frame, batch_size=max(1, rows[frame.id_column].nunique()))
+        whole = replace(self.for_model(frame), batch_size=max(1, rows[frame.id_column].nunique()))
         return self.pipeline.predict_frame(rows, None, whole)
 
 
@@ -370,7 +378,7 @@ class _BacktestActor(_ModelActor):
     def __call__(self, rows: Any, frame: FrameOptions, options: Any) -> Any:
         from ..evaluation.backtest import score_items
 
-        parts = score_items(self.pipeline, self.items(rows), frame, options)
+        parts = score_items(self.pipeline, self.items(rows), self.for_model(frame), options)
         nested = parts.totals.copy()
         nested[SEASON_COLUMN] = nested[frame.id_column].map(parts.seasonality).astype("int64")
         horizon = frame.prediction_length

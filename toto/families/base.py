@@ -109,3 +109,25 @@ class ModelFamily(ABC):
     def fine_tuned(self, inputs: Any, options: Any, validation_inputs: Any) -> tuple["ModelFamily", Any]:
         """A fine-tuned copy and its history (:class:`toto.training.FitOptions` ``options``)."""
         raise NotImplementedError(f"fine-tuning is not available for {self.name} models")
+
+
+class ForecasterBacked:
+    """Compile status and buffers of a family that forecasts through ``self.forecaster``
+    (mixed in before :class:`ModelFamily`)."""
+
+    forecaster: Any
+
+    @property
+    def compile_settings(self) -> CompileSettings:
+        return self.forecaster.compile_settings
+
+    @property
+    def compiled(self) -> bool:
+        return self.forecaster.compiled
+
+    @property
+    def compile_error(self) -> str | None:
+        return self.forecaster.compile_error
+
+    def clear_buffers(self) -> None:
+        self.forecaster.clear_buffers()

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from ..checkpoints.reading import CheckpointFiles, read_checkpoint
-from ..compile.policy import CompileOptions, CompileSettings
+from ..compile.policy import CompileOptions
 from ..data.util.dataset import masked_timeseries
 from ..inference.forecaster import TotoForecaster
 from ..model.toto import Toto
-from .base import ModelFamily
+from .base import ForecasterBacked, ModelFamily
 
 # Toto-Open-Base-1.0 was trained on contexts of up to 4,096 steps (its model card). Longer
 # contexts are not cut: upstream does not cut them either.
@@ -25,7 +25,7 @@ TRAINED_CONTEXT = 4096
 TIME_INTERVAL_SECONDS = 900
 
 
-class Toto1Family(ModelFamily):
+class Toto1Family(ForecasterBacked, ModelFamily):
     name = "Toto 1.0"
     output = "samples"
 
@@ -62,18 +62,6 @@ class Toto1Family(ModelFamily):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    @property
-    def compile_settings(self) -> CompileSettings:
-        return self.forecaster.compile_settings
-
-    @property
-    def compiled(self) -> bool:
-        return self.forecaster.compiled
-
-    @property
-    def compile_error(self) -> str | None:
-        return self.forecaster.compile_error
-
     def forecast(
         self,
         series: Tensor,
@@ -107,9 +95,6 @@ class Toto1Family(ModelFamily):
 
     def compile_bucket(self, context_length: int, prediction_length: int) -> int:
         return self.forecaster.capacity_for(context_length, prediction_length)
-
-    def clear_buffers(self) -> None:
-        self.forecaster.clear_buffers()
 
     def unload(self) -> None:
         self.forecaster.clear_buffers()

@@ -14,12 +14,12 @@ from torch import Tensor
 
 from ..checkpoints.reading import CheckpointFiles
 from ..checkpoints.writing import save_pretrained
-from ..compile.policy import CompileOptions, CompileSettings
+from ..compile.policy import CompileOptions
 from ..inference.toto2_forecaster import DEFAULT_DECODE_BLOCK_SIZE, Toto2Forecaster, check_block_size
 from ..toto2.config import QUANTILE_LEVELS, TRAINED_CONTEXT
 from ..toto2.loading import load_toto2
 from ..toto2.model import Toto2Model
-from .base import ModelFamily
+from .base import ForecasterBacked, ModelFamily
 
 
 def fill_forward(series: Tensor, observed: Tensor) -> Tensor:
@@ -33,7 +33,7 @@ def fill_forward(series: Tensor, observed: Tensor) -> Tensor:
     return torch.where(observed, series, torch.where(seen_any, filled, 0.0))
 
 
-class Toto2Family(ModelFamily):
+class Toto2Family(ForecasterBacked, ModelFamily):
     name = "Toto 2.0"
     output = "quantiles"
     quantile_levels = QUANTILE_LEVELS
@@ -77,18 +77,6 @@ class Toto2Family(ModelFamily):
     def dtype(self) -> torch.dtype:
         return self.model.patch_proj.linear1.weight.dtype
 
-    @property
-    def compile_settings(self) -> CompileSettings:
-        return self.forecaster.compile_settings
-
-    @property
-    def compiled(self) -> bool:
-        return self.forecaster.compiled
-
-    @property
-    def compile_error(self) -> str | None:
-        return self.forecaster.compile_error
-
     def forecast(
         self,
         series: Tensor,
@@ -112,9 +100,6 @@ class Toto2Family(ModelFamily):
 
     def compile_bucket(self, context_length: int, prediction_length: int) -> int:
         return self.forecaster.plan(context_length, prediction_length, self.decode_block_size).slots
-
-    def clear_buffers(self) -> None:
-        self.forecaster.clear_buffers()
 
     def unload(self) -> None:
         self.forecaster.clear_buffers()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..toto2.config import QUANTILE_LEVELS
 from ..toto2.model import Toto2Model
+from .step import WindowLoss
 
 
 def pinball(
@@ -27,21 +28,13 @@ def pinball(
     return torch.maximum(levels * error, (levels - 1) * error).mean(0)
 
 
-class QuantileWindowLoss(nn.Module):
-    """``(sum of the pinball loss over scored steps, their count)`` for a batch of windows;
-    the same interface as :class:`~toto.training.step.WindowLoss`."""
+class QuantileWindowLoss(WindowLoss):
+    """``(sum of the pinball loss over scored steps, their count)`` for a batch of windows:
+    :class:`~toto.training.step.WindowLoss` with Toto 2.0's model and loss."""
 
     def __init__(self, model: Toto2Model, autocast_dtype: torch.dtype | None = None):
-        super().__init__()
-        self.backbone = model  # the name TrainingStep reads
-        self.autocast_dtype = autocast_dtype
+        super().__init__(model, 0, autocast_dtype)  # type: ignore[arg-type]
         self.register_buffer("levels", torch.tensor(QUANTILE_LEVELS), persistent=False)
-
-    def forward(self, series: Tensor, observed: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
-        return self._terms(series, observed, loss_mask)
-
-    def evaluate(self, series: Tensor, observed: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
-        return self._terms(series, observed, loss_mask)
 
     def _terms(self, series: Tensor, observed: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
         patch = self.backbone.patch_size

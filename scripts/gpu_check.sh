@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in three stages of at most 4 minutes each on one H100, run as
+# Everything that needs a GPU, in four stages of at most 4 minutes each on one H100, run as
 # separate device calls, most important first (docs/PERFORMANCE.md, "GPU check in stages"):
 #   --stage 1  toto-compiled check --quick --device cuda; benchmark float32 S1-S3
 #   --stage 2  scripts/gpu_check.py (parity, bf16 accuracy, compile health under CUDA graphs);
 #              benchmark bfloat16 S1-S3
 #   --stage 3  S4 in bfloat16 (ours compiled, 256 series per batch); upstream compiled on S1;
 #              S4's upstream-eager baseline
+#   --stage 4  Toto 2.0: benchmark T3 (313m size) against upstream toto-2, float32 (upstream eager
+#              and compiled, ours eager and compiled) and bfloat16 (ours)
 # --dry: the same stage on the CPU at tiny sizes, time limits x5, to rehearse the plumbing without a GPU.
 # Each sub-step runs under `timeout` (SIGINT first: the benchmark prints its partial table),
 # its limit in the table below (LIMIT_<NAME> overrides); a failing or cut sub-step does not
@@ -23,7 +25,7 @@ PY=${PYTHON:-python3}
 RESULTS=${OUT:-$PWD/gpu_check_out}
 
 usage() {
-    echo "usage: bash scripts/gpu_check.sh --stage 1|2|3|all [--dry] [BENCH_ARGS...]" >&2
+    echo "usage: bash scripts/gpu_check.sh --stage 1|2|3|4|all [--dry] [BENCH_ARGS...]" >&2
     exit 2
 }
 stage="" dry=0
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-case $stage in 1 | 2 | 3 | all) ;; *) echo "gpu_check.sh: error: --stage must be 1, 2, 3 or all, got '${stage}'" >&2; usage ;; esac
+case $stage in 1 | 2 | 3 | 4 | all) ;; *) echo "gpu_check.sh: error: --stage must be 1, 2, 3, 4 or all, got '${stage}'" >&2; usage ;; esac
 mkdir -p "$RESULTS" || exit 2
 failed=()
 
@@ -45,6 +47,7 @@ declare -A LIMIT=(
     [check]=${LIMIT_CHECK:-90} [bench_f32]=${LIMIT_BENCH:-110}
     [parity]=${LIMIT_PARITY:-125} [bench_bf16]=${LIMIT_BENCH_BF16:-75}
     [s4]=${LIMIT_S4:-90} [upstream]=${LIMIT_UPSTREAM:-45} [s4_baseline]=${LIMIT_S4_BASELINE:-65}
+    [toto2_f32]=${LIMIT_TOTO2:-120} [toto2_bf16]=${LIMIT_TOTO2_BF16:-80}
 )
 
 say() {  # a line to stdout and the stage's log
@@ -90,8 +93,9 @@ EOF
     S4_SIZE=(--s4-series 4 --s4-max-context 100 --s4-batch-size 4)
     CHECK=(--model "$TINY")
     PARITY=(--tiny)
+    TOTO2=(--toto2-workloads T1)
 else
-    DEVICE=cuda REPEATS=3 SCALE=1 SIZE=() CHECK=() PARITY=()
+    DEVICE=cuda REPEATS=3 SCALE=1 SIZE=() CHECK=() PARITY=() TOTO2=(--toto2-workloads T3)
     S4_SIZE=(--s4-batch-size 256)  # all 256 series in one batch: one prefill graph to compile
 fi
 torch_line=$($PY -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}')")
@@ -132,11 +136,18 @@ stage3() {
         --runners upstream-eager "${S4_SIZE[@]}" --runner-timeout $((55 * SCALE))
 }
 
+stage4() {
+    bench "bench toto2 float32" "${LIMIT[toto2_f32]}" --family toto2 "${TOTO2[@]}" --dtype float32 \
+        --toto2-runners upstream-eager,upstream-compiled,ours-eager,ours-compiled "$@"
+    bench "bench toto2 bfloat16" "${LIMIT[toto2_bf16]}" --family toto2 "${TOTO2[@]}" --dtype bfloat16 \
+        --toto2-runners upstream-eager,ours-compiled "$@"
+}
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown (no .git in this copy)}")
 [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit + uncommitted changes"
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "none")
 stages=$stage
-[ "$stage" = all ] && stages="1 2 3"
+[ "$stage" = all ] && stages="1 2 3 4"
 for stage_now in $stages; do
     LOG=$RESULTS/stage$stage_now.log SUMMARY=$RESULTS/stage$stage_now.txt
     : >"$LOG"

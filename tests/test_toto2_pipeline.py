@@ -183,3 +183,21 @@ def test_data_frames_and_backtests_run_on_toto2(pipeline):
     assert np.isfinite(result.summary.loc["MASE", "toto"]) and np.isfinite(result.summary.loc["WQL", "toto"])
     with pytest.raises(ValueError, match="seed: Toto 2.0 forecasts quantiles"):
         pipeline.predict_df(frame, prediction_length=5, seed=0)
+
+
+def test_sharded_checkpoints_load_as_huggingface_hub_writes_them(toto2_checkpoint, tmp_path):
+    """The largest sizes may ship as shards plus model.safetensors.index.json (huggingface_hub's
+    save_torch_state_dict, which upstream's save_pretrained uses): the same model loads."""
+    from huggingface_hub import save_torch_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(toto2_checkpoint / "model.safetensors"))
+    save_torch_state_dict(state, tmp_path, max_shard_size=20_000)
+    (tmp_path / "config.json").write_text((toto2_checkpoint / "config.json").read_text())
+    assert not (tmp_path / "model.safetensors").exists() and len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    sharded = TotoPipeline.from_pretrained(str(tmp_path), device_map="cpu")
+    whole = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
+    np.testing.assert_array_equal(sharded.predict(walk(64), 8)[0].quantiles, whole.predict(walk(64), 8)[0].quantiles)
+    next(tmp_path.glob("model-*.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match=r"model-\d{5}-of-\d{5}\.safetensors: cannot read"):
+        TotoPipeline.from_pretrained(str(tmp_path), device_map="cpu")

@@ -22,6 +22,8 @@ from ..config import DEFAULT_MODEL_ID, ConfigError, TotoConfig  # noqa: F401 (DE
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# Large checkpoints (Toto 2.0's 2.5B in float32) may be saved in shards listed by an index.
+INDEX_NAME = "model.safetensors.index.json"
 
 # SwiGLU weights: the published checkpoint's fused names (xFormers) and ours, (published, ours).
 _SWIGLU_NAMES = (("mlp.0.w12", "mlp.0"), ("mlp.0.w3", "mlp.2"))
@@ -59,18 +61,26 @@ def resolve_checkpoint(
     """Find ``config.json`` and ``model.safetensors`` in a folder, beside a weights file, or on the hub."""
     path = Path(os.path.expanduser(str(model_id_or_path)))
     if path.is_dir():
-        return _local_files(path / CONFIG_NAME, path / WEIGHTS_NAME)
+        weights = path / WEIGHTS_NAME
+        sharded = not weights.exists() and (path / INDEX_NAME).is_file()
+        return _local_files(path / CONFIG_NAME, path / INDEX_NAME if sharded else weights)
     if path.is_file():
         return _local_files(path.parent / CONFIG_NAME, path)
     name = str(model_id_or_path)
     if not _looks_like_repo_id(name):
         raise FileNotFoundError(f"checkpoint not found: {name!r} is neither an existing path nor a hub repo id")
-    return CheckpointFiles(
-        *(
-            _hub_download(name, filename, revision, cache_dir, local_files_only, token, force_download)
-            for filename in (CONFIG_NAME, WEIGHTS_NAME)
-        )
-    )
+    hub = (revision, cache_dir, local_files_only, token, force_download)
+    config = _hub_download(name, CONFIG_NAME, *hub)
+    try:
+        return CheckpointFiles(config, _hub_download(name, WEIGHTS_NAME, *hub))
+    except FileNotFoundError as single:
+        try:
+            index = _hub_download(name, INDEX_NAME, *hub)
+        except FileNotFoundError:
+            raise single from None
+        for shard in sorted(set(_weight_map(index).values())):  # beside the index in the hub's cache
+            _hub_download(name, shard, *hub)
+        return CheckpointFiles(config, index)
 
 
 def resolve_config(model_id_or_path: str | os.PathLike) -> Path:
@@ -100,13 +110,38 @@ def read_config(path: Path) -> TotoConfig:
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file, or of the shards a ``model.safetensors.index.json`` lists."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if Path(path).name.endswith(".index.json"):
+        weight_map = _weight_map(Path(path))
+        state: dict[str, Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            for key, tensor in read_weights(Path(path).parent / shard).items():
+                if weight_map.get(key) != shard:
+                    listed = weight_map.get(key)
+                    raise CheckpointError(f"{path}: key {key!r} is in shard {shard!r}, but the index says {listed!r}")
+                state[key] = tensor
+        missing = sorted(set(weight_map) - set(state))
+        if missing:
+            raise CheckpointError(f"{path}: keys listed in the index but in no shard: {missing}")
+        return state
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read safetensors file ({err})") from err
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """An index's ``weight_map`` (tensor name -> shard file name), checked."""
+    try:
+        weight_map = json.loads(Path(index).read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{index}: not a readable safetensors index ({err})") from err
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and "/" not in v for v in weight_map.values()):
+        raise CheckpointError(f"{index}: key 'weight_map' must map tensor names to shard file names")
+    return weight_map
 
 
 def map_checkpoint_keys(state: dict[str, Tensor], source: str = "checkpoint") -> dict[str, Tensor]:

@@ -201,3 +201,18 @@ def test_sharded_checkpoints_load_as_huggingface_hub_writes_them(toto2_checkpoin
     next(tmp_path.glob("model-*.safetensors")).unlink()
     with pytest.raises(CheckpointError, match=r"model-\d{5}-of-\d{5}\.safetensors: cannot read"):
         TotoPipeline.from_pretrained(str(tmp_path), device_map="cpu")
+
+
+def test_a_toto2_forecast_plots(pipeline, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("matplotlib")
+    from toto.frames.plot import plot_forecast
+
+    history = pd.DataFrame({"item_id": "a", "timestamp": pd.date_range("2024-01-01", periods=80, freq="h"),
+                            "target": 10 + np.sin(np.arange(80) / 3)})  # fmt: skip
+    forecast = pipeline.predict_df(history, prediction_length=6)
+    figure = plot_forecast(history, forecast, path=tmp_path / "toto2.png")
+    (axes,) = figure.axes
+    median = [line for line in axes.get_lines() if line.get_label() == "median"][0]
+    np.testing.assert_allclose(median.get_ydata(), forecast["predictions"])  # the model's own median knot
+    assert (tmp_path / "toto2.png").stat().st_size > 0

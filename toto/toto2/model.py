@@ -166,7 +166,8 @@ class Toto2Model(nn.Module):
         groups[reduce(target_mask, "... (patch step) -> ... patch", "sum", step=patch) == 0] = -1
         seq = x.shape[-2]
         positions = torch.arange(seq, device=x.device)
-        turn = rotation(positions, (seq - 1 + 1) // 2, self.config.qk_dim // 2, self.config.use_xpos)
+        # xPos centre: upstream's (last position + 1) // 2 of the call.
+        turn = rotation(positions, seq // 2, self.config.qk_dim // 2, self.config.use_xpos)
         time_mask, variate_mask = group_masks(groups, positions, positions)
         hidden = self.transformer(x, time_mask, variate_mask, turn)
         return rearrange(self.output_head(hidden), "... quantile -> quantile ..."), loc, scale

@@ -216,3 +216,19 @@ def test_a_toto2_forecast_plots(pipeline, tmp_path):
     median = [line for line in axes.get_lines() if line.get_label() == "median"][0]
     np.testing.assert_allclose(median.get_ydata(), forecast["predictions"])  # the model's own median knot
     assert (tmp_path / "toto2.png").stat().st_size > 0
+
+
+def test_the_block_size_is_a_pipeline_setting(toto2_checkpoint, tiny_checkpoint):
+    """One block (None) or blocks of one patch (upstream's decode_block_size), checked when set."""
+    pipeline = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
+    context, observed = walk(1, 1, 64), torch.ones(1, 1, 64, dtype=torch.bool)
+    forecaster = pipeline.family.forecaster
+    for size in (None, PATCH):
+        pipeline.decode_block_size = size
+        expected = forecaster.forecast(fill_forward(context, observed), observed, 40, size).permute(1, 2, 3, 0)
+        np.testing.assert_array_equal(pipeline.predict(context, 40)[0].quantiles, expected.numpy())
+    with pytest.raises(ValueError, match="decode_block_size .* must be a multiple of the patch size"):
+        pipeline.decode_block_size = PATCH + 1
+    assert pipeline.decode_block_size == PATCH  # unchanged by the refused value
+    with pytest.raises(AttributeError, match="decode_block_size: Toto 1.0 decodes one patch at a time"):
+        TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu").decode_block_size = 64

@@ -44,11 +44,20 @@ class Toto2Family(ForecasterBacked, ModelFamily):
         compile: CompileOptions = CompileOptions(),
         decode_block_size: int | None = DEFAULT_DECODE_BLOCK_SIZE,
     ):
-        check_block_size(decode_block_size, model.patch_size)
         self.model = model.eval()
         self.compile_options = compile
         self.decode_block_size = decode_block_size
         self.forecaster = Toto2Forecaster(model, compile.resolve(self.device))
+
+    @property
+    def decode_block_size(self) -> int | None:
+        """Steps per decoding block (a multiple of the patch size); None or 0: one block."""
+        return self._decode_block_size
+
+    @decode_block_size.setter
+    def decode_block_size(self, value: int | None) -> None:
+        check_block_size(value, self.model.patch_size)
+        self._decode_block_size = value
 
     @classmethod
     def accepts(cls, config: Mapping[str, Any]) -> bool:

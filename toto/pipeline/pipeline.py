@@ -151,6 +151,20 @@ class TotoPipeline:
         return self.family.compile_settings
 
     @property
+    def decode_block_size(self) -> int | None:
+        """Toto 2.0: steps decoded per block, each block's medians fed back (default 768; None
+        or 0: the whole horizon in one block). Settable; Toto 1.0 decodes patch by patch."""
+        if not hasattr(self.family, "decode_block_size"):
+            raise AttributeError(f"decode_block_size: {self.family.name} decodes one patch at a time")
+        return self.family.decode_block_size
+
+    @decode_block_size.setter
+    def decode_block_size(self, value: int | None) -> None:
+        if not hasattr(self.family, "decode_block_size"):
+            raise AttributeError(f"decode_block_size: {self.family.name} decodes one patch at a time")
+        self.family.decode_block_size = value
+
+    @property
     def max_oom_retries(self) -> int:
         return self.back_off.max_oom_retries
 

@@ -232,3 +232,16 @@ def test_the_block_size_is_a_pipeline_setting(toto2_checkpoint, tiny_checkpoint)
     assert pipeline.decode_block_size == PATCH  # unchanged by the refused value
     with pytest.raises(AttributeError, match="decode_block_size: Toto 1.0 decodes one patch at a time"):
         TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu").decode_block_size = 64
+
+
+def test_non_finite_values_are_missing_for_the_forecaster(pipeline):
+    forecaster = pipeline.family.forecaster
+    values = walk(1, 1, 64)
+    gappy = values.clone()
+    gappy[..., 10:14] = float("nan")
+    gappy[..., 20] = float("inf")
+    observed = torch.ones_like(values, dtype=torch.bool)
+    marked = observed.clone()
+    marked[..., 10:14] = marked[..., 20] = False
+    expected = forecaster.forecast(torch.where(marked, values, 0.0), marked, 8)
+    torch.testing.assert_close(forecaster.forecast(gappy, observed, 8), expected, rtol=0, atol=0)

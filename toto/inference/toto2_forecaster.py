@@ -81,7 +81,7 @@ class Toto2Forecaster:
         """Quantiles at ``QUANTILE_LEVELS`` (dimension 0), as upstream's ``Toto2Model.forecast``.
 
         Unobserved values count only in the context's last patch, which upstream treats as
-        observed (its values should be filled, e.g. carried forward); non-finite ones become 0.
+        observed (fill them first, e.g. carried forward); non-finite values are missing (0).
         """
         if series.dim() != 3 or observed.shape != series.shape:
             raise ValueError(
@@ -118,7 +118,8 @@ class Toto2Forecaster:
         batch, variates, length = series.shape
         buffers = self._buffers_for(batch, variates, plan.slots, series.device)
         patch = self.patch_size
-        values = torch.where(observed | series.isfinite(), series, 0.0).float()
+        finite = series.isfinite()  # NaN or inf: missing, as everywhere in this package
+        values, observed = torch.where(finite, series, 0.0).float(), observed & finite
         buffers.values.zero_()
         buffers.observed.zero_()
         start = plan.context_slots * patch - length

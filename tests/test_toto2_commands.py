@@ -110,3 +110,25 @@ def test_finetune_trains_a_toto2_checkpoint(capsys, toto2_checkpoint, tmp_path):
     original = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
     assert not np.array_equal(tuned.predict(np.arange(64.0), 8)[0].quantiles,
                               original.predict(np.arange(64.0), 8)[0].quantiles)  # fmt: skip
+
+
+def test_decode_block_size_option(capsys, toto2_checkpoint, wide_csv, tiny_checkpoint):
+    path, values = wide_csv
+    base = command(toto2_checkpoint, "forecast", "--input", str(path), "--prediction-length", "40")
+    code, one_block, err = run_main(capsys, [*base, "--decode-block-size", "none"])
+    assert code == 0, err
+    code, patches, err = run_main(capsys, [*base, "--decode-block-size", "16"])
+    assert code == 0, err
+    pipeline = TotoPipeline.from_pretrained(str(toto2_checkpoint), device_map="cpu")
+    pipeline.decode_block_size = None
+    median = [float(r["mean"]) for r in csv.DictReader(io.StringIO(one_block))]
+    np.testing.assert_allclose(median, pipeline.predict(values.astype(np.float32), 40)[0].quantiles[0, 0, :, 4],
+                               rtol=1e-5)  # fmt: skip
+    assert one_block != patches  # blocks of one patch feed medians back: another forecast
+    code, _, err = run_main(capsys, [*base, "--decode-block-size", "20"])
+    assert code == 2 and "--decode-block-size (20) must be a multiple of the patch size (16)" in err
+    code, _, err = run_main(capsys, [*command(tiny_checkpoint, "forecast", "--input", str(path),
+                                              "--prediction-length", "4"), "--decode-block-size", "16"])  # fmt: skip
+    assert code == 2 and "--decode-block-size: Toto 1.0 decodes one patch at a time" in err
+    code, _, err = run_main(capsys, [*base, "--engine", "ray", "--decode-block-size", "16"])
+    assert code == 2 and "--decode-block-size runs with --engine local" in err

@@ -23,7 +23,9 @@ from .options import (
     check_model,
     frame_levels,
     forecast_error,
+    add_block_size_argument,
     add_sampling_arguments,
+    apply_block_size,
     frame_options,
     model_family,
     load_pipeline,
@@ -72,6 +74,7 @@ def add_parser(subparsers) -> None:
     add("--interval", type=_interval, help="LOW,HIGH: the coverage interval, two of --quantiles "
         "(default: the lowest and highest)")
     add_sampling_arguments(parser)
+    add_block_size_argument(parser)
     add("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
         help="series (item windows) forecast at once (default: %(default)s)")
     add("--output", type=Path, help="metrics per (item, window, target): Parquet for .parquet or .pq, else CSV")
@@ -132,6 +135,7 @@ def backtest_command(args: argparse.Namespace) -> None:
     plot_item = _plot_item(long_input, args.plot_item) if args.plot is not None else None
     print(long_input.describe(), file=sys.stderr)
     pipeline = load_pipeline(args)
+    apply_block_size(args, pipeline)
     stride = args.stride or args.prediction_length
     print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
           file=sys.stderr, flush=True)

@@ -30,7 +30,9 @@ from .options import (
     add_model_argument,
     check_model,
     frame_levels,
+    add_block_size_argument,
     add_sampling_arguments,
+    apply_block_size,
     frame_options,
     model_family,
     sampling_options,
@@ -71,6 +73,7 @@ def add_parser(subparsers) -> None:
         help="long format: file (.csv, .parquet, .pq) of id, timestamp and the known future of exogenous columns")
     add("--prediction-length", required=True, type=_positive_int, help="steps to forecast")
     add_sampling_arguments(parser)
+    add_block_size_argument(parser)
     add("--batch-size", type=_positive_int, help=f"long format: items forecast at once (default: {DEFAULT_BATCH_SIZE})")
     add("--quantiles", type=quantiles, default="0.1,0.5,0.9",
         help="levels in [0, 1]; strictly inside (0, 1) in long format; each names its output column, as "
@@ -138,6 +141,7 @@ def forecast(args: argparse.Namespace) -> None:
     columns = f"{len(table.columns)} columns ({', '.join(table.columns)})"
     print(f"input: {args.input}: {rows} rows x {columns}, {missing} missing, step {step_text}", file=sys.stderr)
     pipeline = load_pipeline(args)
+    apply_block_size(args, pipeline)
     context = torch.from_numpy(table.values[None].astype(np.float32))  # (1 series, columns as variates, time)
     try:
         forecast = pipeline.predict(
@@ -174,6 +178,7 @@ def forecast_long(args: argparse.Namespace) -> None:
     long_input = read_long_input(args, future=args.future)
     print(long_input.describe(), file=sys.stderr)
     pipeline = load_pipeline(args)
+    apply_block_size(args, pipeline)
     pd = pandas_module()
     started = time.perf_counter()
     try:

@@ -50,6 +50,37 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help=f"default: 0; {note}")
 
 
+def add_block_size_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--decode-block-size", type=_block_size, metavar="STEPS|none",
+        help="Toto 2.0: steps decoded per block, each block's medians fed back (default: 768, upstream's quick "
+             "start); none: the whole horizon in one block. --engine local only",
+    )  # fmt: skip
+
+
+def _block_size(text: str) -> int:
+    if text.strip().lower() == "none":
+        return 0  # one block
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'none', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of steps or 'none', got {text!r}")
+    return value
+
+
+def apply_block_size(args: argparse.Namespace, pipeline: "TotoPipeline") -> None:
+    """Set --decode-block-size on the loaded model; a usage error where it has no blocks or the size
+    is not a whole number of patches."""
+    if args.decode_block_size is None:
+        return
+    try:
+        pipeline.decode_block_size = args.decode_block_size
+    except (AttributeError, ValueError) as err:
+        raise UsageError(f"--{str(err).replace('_', '-')}") from None
+
+
 def sampling_options(args: argparse.Namespace, family: Any) -> dict:
     """--num-samples, --samples-per-batch and --seed as keyword arguments for ``family`` (a model
     family or its class): their defaults where it samples; for a quantile model, none, and

@@ -94,6 +94,24 @@ def test_readme_usage_examples_run(tiny_checkpoint, tmp_path, monkeypatch):
     assert len(frame) == 24 and {"item_id", "timestamp", "predictions", "mean", "0.1", "0.9"} <= set(frame.columns)
 
 
+def test_readme_toto2_example_runs(tmp_path):
+    """The README's Toto 2.0 example, on a tiny random Toto 2.0 checkpoint instead of the hub's."""
+    from checkpoints import TINY_TOTO2_CONFIG, write_random_toto2
+
+    section = (ROOT / "README.md").read_text().split("## Toto 2.0", 1)[1].split("\n## ", 1)[0]
+    (code,) = _python_blocks(section)
+    checkpoint = write_random_toto2(tmp_path / "toto2", TINY_TOTO2_CONFIG)
+    assert '"Datadog/Toto-2.0-22m"' in code
+    import numpy as np
+
+    from toto import TotoPipeline
+
+    # As after the Usage section's lines, which import TotoPipeline and make the context.
+    namespace: dict = {"TotoPipeline": TotoPipeline, "context": 50 + 10 * np.sin(2 * np.pi * np.arange(700) / 96)}
+    exec(compile(code.replace('"Datadog/Toto-2.0-22m"', repr(str(checkpoint))), "README Toto 2.0", "exec"), namespace)
+    assert namespace["quantiles"].shape == (1, 96, 3) and namespace["median"].shape == (1, 96)
+
+
 def test_license_is_the_apache_license_the_metadata_names():
     license_text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text

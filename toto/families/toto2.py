@@ -80,7 +80,7 @@ class Toto2Family(ForecasterBacked, ModelFamily):
 
     @property
     def device(self) -> torch.device:
-        return self.model.patch_proj.linear1.weight.device
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:

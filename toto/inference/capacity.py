@@ -3,6 +3,11 @@ forecaster (buffers, compiled graphs) and the memory guard. Imports nothing from
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Callable, Hashable, TypeVar
+
+T = TypeVar("T")
+
 # KV-cache capacity is rounded up to a multiple of this many patches, so contexts of
 # varying length share buffers and compiled graphs: one graph per bucket.
 CAPACITY_BUCKET = 16
@@ -23,3 +28,14 @@ def decode_capacity(num_patches: int) -> int:
     context's cache; powers of two keep the number of step graphs logarithmic in the horizon.
     """
     return 1 << max(0, num_patches - 1).bit_length()
+
+
+def pooled(pool: OrderedDict[Hashable, T], key: Hashable, allocate: Callable[[], T]) -> T:
+    """``pool[key]``, allocated on first use; past ``MAX_BUFFER_SETS`` the least recently used goes."""
+    if key in pool:
+        pool.move_to_end(key)
+    else:
+        if len(pool) >= MAX_BUFFER_SETS:
+            pool.popitem(last=False)
+        pool[key] = allocate()
+    return pool[key]

@@ -19,7 +19,7 @@ from ..data.util.dataset import MaskedTimeseries, first_observed_step, padded_le
 from ..compile.diagnostics import compiled_graph_count
 from ..model.backbone import TotoBackbone, exogenous_variates
 from ..arguments import check_int, check_representable
-from .capacity import MAX_BUFFER_SETS, bucket_capacity, decode_capacity
+from .capacity import bucket_capacity, decode_capacity, pooled
 from .inputs import as_masked, checked_keys, known_future, mask_missing
 from .memory import fit_samples_per_batch, pooled_bytes
 from .call_protocol import decode_by_calls
@@ -467,13 +467,7 @@ class TotoForecaster:
 
     def _buffers_for(self, kind: type, rows: int, variates: int, capacity: int) -> ContextBuffers | DecodeBuffers:
         key = (kind, rows, variates, capacity, self._data_dtype(), self.device)
-        if key in self._buffers:
-            self._buffers.move_to_end(key)
-        else:
-            if len(self._buffers) >= MAX_BUFFER_SETS:
-                self._buffers.popitem(last=False)
-            self._buffers[key] = kind.allocate(self.model, rows, variates, capacity, *key[-2:])
-        return self._buffers[key]
+        return pooled(self._buffers, key, lambda: kind.allocate(self.model, rows, variates, capacity, *key[-2:]))
 
 
 def _device_and_dtype(model: TotoBackbone) -> tuple[torch.device, torch.dtype]:

@@ -279,7 +279,9 @@ def fit_samples_per_batch(
     (:func:`pooled_bytes` of its decode buffers); it counts as available, or a repeated
     large call that reuses its buffers would be refused.
     """
-    request = _request(batch, variates, context_patches, prediction_length, num_samples, dtype, use_kv_cache)
+    request = dict(batch=batch, variates=variates, context_patches=context_patches,  # estimate_memory's arguments,
+                   prediction_length=prediction_length, num_samples=num_samples,  # less samples_per_batch
+                   dtype=dtype, use_kv_cache=use_kv_cache)  # fmt: skip
     wanted = samples_per_batch if num_samples is None else min(samples_per_batch, num_samples)
     fits, needed, available = _largest_fitting(model, request, wanted, device, reusable_bytes)
     if fits < wanted:
@@ -296,27 +298,6 @@ def check_memory(model: TotoBackbone, **request: Any) -> None:
     """Raise ``ValueError`` if the forecast cannot fit in memory even at one sample row per
     series, the batch :func:`fit_samples_per_batch` may shrink to; ``request``: its arguments."""
     fit_samples_per_batch(model, **{**request, "samples_per_batch": 1})
-
-
-def _request(
-    batch: int,
-    variates: int,
-    context_patches: int,
-    prediction_length: int,
-    num_samples: int | None,
-    dtype: torch.dtype,
-    use_kv_cache: bool,
-) -> dict:
-    """:func:`estimate_memory`'s arguments, less ``samples_per_batch``."""
-    return {
-        "batch": batch,
-        "variates": variates,
-        "context_patches": context_patches,
-        "prediction_length": prediction_length,
-        "num_samples": num_samples,
-        "dtype": dtype,
-        "use_kv_cache": use_kv_cache,
-    }
 
 
 def _largest_fitting(

@@ -14,7 +14,7 @@ from torch import Tensor
 from ..compile.policy import CompiledFunction, CompileSettings
 from ..toto2.decoding import BlockBuffers, decode_block
 from ..toto2.model import Toto2Model
-from .capacity import CAPACITY_BUCKET, MAX_BUFFER_SETS, bucket_capacity, decode_capacity
+from .capacity import CAPACITY_BUCKET, bucket_capacity, decode_capacity, pooled
 from .decoding import mark_static
 
 # Upstream's quick start decodes in blocks of 768 steps, feeding each block's medians back.
@@ -135,29 +135,29 @@ class Toto2Forecaster:
     def _buffers_for(self, batch: int, variates: int, slots: int, device: torch.device) -> BlockBuffers:
         dtype = next(self.model.parameters()).dtype
         key = (batch, variates, slots, dtype, device)
-        if key in self._buffers:
-            self._buffers.move_to_end(key)
-            return self._buffers[key]
-        if len(self._buffers) >= MAX_BUFFER_SETS:
-            self._buffers.popitem(last=False)
-        config, patch = self.model.config, self.patch_size
-        rows = batch * variates
-        caches = [
-            (
-                torch.zeros(rows, config.num_groups, slots, config.qk_dim, dtype=dtype, device=device),
-                torch.zeros(rows, config.num_groups, slots, config.v_dim, dtype=dtype, device=device),
-            )
-            for _ in range(config.num_time_layers)
-        ]
-        buffers = BlockBuffers(
-            values=torch.zeros(batch, variates, slots * patch, device=device),
-            observed=torch.zeros(batch, variates, slots * patch, dtype=torch.bool, device=device),
-            groups=torch.zeros(batch, variates, slots, dtype=torch.long, device=device),
-            caches=caches,
+        return pooled(self._buffers, key, lambda: allocate(self.model, *key))
+
+
+def allocate(
+    model: Toto2Model, batch: int, variates: int, slots: int, dtype: torch.dtype, device: torch.device
+) -> BlockBuffers:
+    """Zeroed buffers for calls of this shape, at fixed addresses (CUDA graphs replay them in place)."""
+    config, patch, rows = model.config, model.patch_size, batch * variates
+    caches = [
+        (
+            torch.zeros(rows, config.num_groups, slots, config.qk_dim, dtype=dtype, device=device),
+            torch.zeros(rows, config.num_groups, slots, config.v_dim, dtype=dtype, device=device),
         )
-        mark_static([buffers.values, buffers.observed, buffers.groups, *(t for pair in caches for t in pair)])
-        self._buffers[key] = buffers
-        return buffers
+        for _ in range(config.num_time_layers)
+    ]
+    buffers = BlockBuffers(
+        values=torch.zeros(batch, variates, slots * patch, device=device),
+        observed=torch.zeros(batch, variates, slots * patch, dtype=torch.bool, device=device),
+        groups=torch.zeros(batch, variates, slots, dtype=torch.long, device=device),
+        caches=caches,
+    )
+    mark_static([buffers.values, buffers.observed, buffers.groups, *(t for pair in caches for t in pair)])
+    return buffers
 
 
 @dataclass(frozen=True)

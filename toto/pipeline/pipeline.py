@@ -154,15 +154,16 @@ class TotoPipeline:
     def decode_block_size(self) -> int | None:
         """Toto 2.0: steps decoded per block, each block's medians fed back (default 768; None
         or 0: the whole horizon in one block). Settable; Toto 1.0 decodes patch by patch."""
-        if not hasattr(self.family, "decode_block_size"):
-            raise AttributeError(f"decode_block_size: {self.family.name} decodes one patch at a time")
-        return self.family.decode_block_size
+        return self._block_decoding_family().decode_block_size
 
     @decode_block_size.setter
     def decode_block_size(self, value: int | None) -> None:
+        self._block_decoding_family().decode_block_size = value
+
+    def _block_decoding_family(self) -> Any:
         if not hasattr(self.family, "decode_block_size"):
             raise AttributeError(f"decode_block_size: {self.family.name} decodes one patch at a time")
-        self.family.decode_block_size = value
+        return self.family
 
     @property
     def max_oom_retries(self) -> int:

@@ -95,7 +95,7 @@ def measure(workload: Workload, names: list[str], args: Any) -> dict[str, dict]:
         write_random_toto2(folder, workload.config, seed=0)
         runners = build_runners(Path(folder), names, args.oracle, device, dtype, args.decode_block_size)
         times: dict[str, list[float]] = {name: [] for name in runners}
-        counters = {}
+        steady: dict[str, list] = {name: [] for name in runners}  # each later call's compile counters
         for round_ in range(args.repeats + 1):
             for name, call in runners.items():
                 before = snapshot()
@@ -105,14 +105,16 @@ def measure(workload: Workload, names: list[str], args: Any) -> dict[str, dict]:
                     call(values, observed, workload.horizon)
                 sync(device)
                 times[name].append(time.perf_counter() - started)
-                counters[name] = (snapshot() - before) if round_ else counters.get(name)
+                if round_:
+                    steady[name].append(snapshot() - before)
     rows = {}
     for name, taken in times.items():
         later = taken[1:]
-        steady = counters[name]
         rows[name] = {"first_s": taken[0], "best_s": min(later), "median_s": statistics.median(later),
-                      "series_per_s": workload.batch / min(later), "new_graphs_after_warmup": steady.graphs,
-                      "recompiles_after_warmup": steady.recompiles, "graph_breaks": steady.graph_breaks}  # fmt: skip
+                      "series_per_s": workload.batch / min(later),
+                      "new_graphs_after_warmup": sum(stats.graphs for stats in steady[name]),
+                      "recompiles_after_warmup": sum(stats.recompiles for stats in steady[name]),
+                      "graph_breaks": sum(stats.graph_breaks for stats in steady[name])}  # fmt: skip
     base = rows.get("upstream-eager")
     for row in rows.values():
         row["speed_up"] = base["best_s"] / row["best_s"] if base else None

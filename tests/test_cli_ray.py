@@ -154,12 +154,12 @@ def test_ray_input_errors(tmp_path, capsys, tiny_checkpoint, ray_cluster, parque
 # --- errors without Ray ------------------------------------------------------------------------------------------
 
 
-def test_unreachable_address(tmp_path, parquet_input):
+def test_unreachable_address(tmp_path, parquet_input, tiny_checkpoint):
     """In a fresh process (Ray not initialized): one stderr line naming the address, within seconds."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(
         [sys.executable, "-m", "toto.cli", "backtest", "--input", str(parquet_input), "--prediction-length", "3",
-         "--engine", "ray", "--ray-address", "127.0.0.1:9"],
+         "--model", str(tiny_checkpoint), "--engine", "ray", "--ray-address", "127.0.0.1:9"],
         capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
     )
     assert done.returncode == 2 and done.stdout == ""

@@ -250,3 +250,16 @@ def test_a_toto2_checkpoint_runs_on_the_ray_engine(ray_cluster, panel, tmp_path)
     pd.testing.assert_frame_equal(remote[KEYS], local[KEYS])
     np.testing.assert_array_equal(remote[VALUES].to_numpy(float), local[VALUES].to_numpy(float))
     assert (remote["predictions"] == remote["mean"]).all()  # a quantile model's mean is its median
+
+    # The workers decode in the blocks asked for: blocks of one patch (16 steps) feed each median back.
+    options["prediction_length"] = 40
+    remote = ordered(forecast_dataset(dataset, model=checkpoint, batch_size=8, compile=False, decode_block_size=16,
+                                      **options).to_pandas())  # fmt: skip
+    pipeline = TotoPipeline.from_pretrained(str(checkpoint), device_map="cpu")
+    one_block = ordered(pipeline.predict_df(panel, batch_size=8, **options))
+    pipeline.decode_block_size = 16
+    local = ordered(pipeline.predict_df(panel, batch_size=8, **options))
+    np.testing.assert_array_equal(remote[VALUES].to_numpy(float), local[VALUES].to_numpy(float))
+    assert not np.array_equal(remote[VALUES].to_numpy(float), one_block[VALUES].to_numpy(float))
+    with pytest.raises(ValueError, match=r"decode_block_size \(20\) must be a multiple of the patch size \(16\)"):
+        forecast_dataset(dataset, model=checkpoint, decode_block_size=20, _worker_hook=pytest.fail, **options)

@@ -130,5 +130,17 @@ def test_decode_block_size_option(capsys, toto2_checkpoint, wide_csv, tiny_check
     code, _, err = run_main(capsys, [*command(tiny_checkpoint, "forecast", "--input", str(path),
                                               "--prediction-length", "4"), "--decode-block-size", "16"])  # fmt: skip
     assert code == 2 and "--decode-block-size: Toto 1.0 decodes one patch at a time" in err
-    code, _, err = run_main(capsys, [*base, "--engine", "ray", "--decode-block-size", "16"])
-    assert code == 2 and "--decode-block-size runs with --engine local" in err
+
+
+def test_decode_block_size_is_checked_before_the_ray_engine_starts(capsys, toto2_checkpoint, tiny_checkpoint, tmp_path):
+    """The driver checks the size against config.json alone: a usage error before any cluster starts
+    (the Ray test in test_distributed.py runs the workers with it)."""
+    path = tmp_path / "long.csv"
+    path.write_text("item_id,timestamp,target\n" + "".join(f"a,{t},{t % 5}\n" for t in range(40)))
+    ray_args = ["--input", str(path), "--prediction-length", "16", "--id-column", "item_id",
+                "--output", str(tmp_path / "out"), "--engine", "ray"]  # fmt: skip
+    code, _, err = run_main(capsys, [*command(toto2_checkpoint, "forecast", *ray_args), "--decode-block-size", "20"])
+    assert code == 2 and "--decode-block-size (20) must be a multiple of the patch size (16)" in err
+    code, _, err = run_main(capsys, [*command(tiny_checkpoint, "forecast", *ray_args), "--decode-block-size", "16"])
+    assert code == 2 and "--decode-block-size: Toto 1.0 decodes one patch at a time" in err
+    assert not (tmp_path / "out").exists()

@@ -27,7 +27,8 @@ from .options import (
     add_sampling_arguments,
     apply_block_size,
     frame_options,
-    model_family,
+    block_size_options,
+    model_config,
     load_pipeline,
     names,
     quantiles,
@@ -169,8 +170,9 @@ def backtest_ray(
 
     stride = args.stride or args.prediction_length
     check_model(args.model)
+    family, config = model_config(args.model)
+    options = {**backtest_options(args, levels, interval, stride, family), **block_size_options(args, family, config)}
     workers = connect_ray(args)
-    options = backtest_options(args, levels, interval, stride, model_family(args.model))
     print(f"backtesting {args.windows} window(s) of {args.prediction_length} steps, stride {stride}",
           file=sys.stderr, flush=True)
     started = time.perf_counter()

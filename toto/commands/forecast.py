@@ -34,7 +34,8 @@ from .options import (
     add_sampling_arguments,
     apply_block_size,
     frame_options,
-    model_family,
+    block_size_options,
+    model_config,
     sampling_options,
     horizon_error,
     load_pipeline,
@@ -217,8 +218,9 @@ def forecast_ray(args: argparse.Namespace) -> None:
         raise UsageError("--engine ray needs --output: a new folder for the Parquet files")
     check_output_folder(args.output, "--output")
     check_model(args.model)
+    family, config = model_config(args.model)
+    options = {**frame_options(args, levels, family), **block_size_options(args, family, config)}
     workers = connect_ray(args)
-    options = frame_options(args, levels, model_family(args.model))
     started = time.perf_counter()
     with ray_errors(args):
         dataset = forecast_dataset(str(args.input.absolute()), **options, **workers)

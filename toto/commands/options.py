@@ -54,7 +54,7 @@ def add_block_size_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decode-block-size", type=_block_size, metavar="STEPS|none",
         help="Toto 2.0: steps decoded per block, each block's medians fed back (default: 768, upstream's quick "
-             "start); none: the whole horizon in one block. --engine local only",
+             "start); none: the whole horizon in one block",
     )  # fmt: skip
 
 
@@ -94,17 +94,33 @@ def sampling_options(args: argparse.Namespace, family: Any) -> dict:
     return {**{key: default for key, (_, default) in SAMPLING.items()}, **asked}
 
 
-def model_family(model: str) -> Any:
-    """The family class of ``model`` from its config.json alone (where the workers, not this
-    process, load the weights)."""
+def model_config(model: str) -> tuple[Any, dict]:
+    """The family class of ``model`` and its parsed config.json, from that file alone (where the
+    workers, not this process, load the weights)."""
     from ..checkpoints.reading import read_config_json, resolve_config
     from ..families import family_of
 
     try:
-        config = resolve_config(model)
-        return family_of(read_config_json(config), str(config))
+        path = resolve_config(model)
+        config = read_config_json(path)
+        return family_of(config, str(path)), config
     except (OSError, ValueError) as err:
         raise UsageError(f"cannot load model {model!r}: {err}") from None
+
+
+def block_size_options(args: argparse.Namespace, family: Any, config: dict) -> dict:
+    """--decode-block-size for the Ray engine's workers, checked here against the model's config."""
+    from ..config import ConfigError
+
+    if args.decode_block_size is None:
+        return {}
+    try:
+        family.check_decode_block_size(config, args.decode_block_size)
+    except ConfigError as err:
+        raise UsageError(f"cannot load model {args.model!r}: {err}") from None
+    except ValueError as err:
+        raise UsageError(f"--{str(err).replace('_', '-')}") from None
+    return {"decode_block_size": args.decode_block_size}
 
 
 def names(text: str) -> list[str]:

@@ -50,8 +50,6 @@ def check_engine(args: argparse.Namespace) -> None:
         for option in RAY_ONLY_OPTIONS:
             if getattr(args, option[2:].replace("-", "_")) is not None:
                 raise UsageError(f"{option} is for --engine ray")
-    elif getattr(args, "decode_block_size", None) is not None:
-        raise UsageError("--decode-block-size runs with --engine local (the Ray workers use the model's default)")
 
 
 def check_output_folder(path: Path, option: str) -> None:

@@ -119,6 +119,7 @@ def forecast_dataset(
     compile: bool = True,
     compile_cache_dir: str | os.PathLike | None = None,
     torch_dtype: str | None = None,
+    decode_block_size: int | None = None,
     _worker_hook: Callable[[], None] | None = None,
 ) -> Any:
     """Forecast every item of a long Ray Dataset (or Parquet/CSV path) on ``concurrency`` model actors.
@@ -126,7 +127,9 @@ def forecast_dataset(
     Returns a Ray Dataset in :meth:`TotoPipeline.predict_df`'s output schema (rows in no
     particular order across items). ``model``: a folder every worker can read, or a hub id.
     ``num_gpus_per_worker`` > 0 puts each actor on a GPU; ``torch_dtype`` (``"bfloat16"``)
-    loads the weights in that dtype. ``seed=None`` draws from torch's generator, so a retried
+    loads the weights in that dtype. ``decode_block_size``: Toto 2.0's steps per decoded block
+    (0: the whole horizon in one block; None keeps the model's default, 768), checked against
+    ``config.json`` before any worker starts. ``seed=None`` draws from torch's generator, so a retried
     batch draws again; a quantile model (Toto 2.0) draws nothing and takes the default seed
     and sample counts only. ``_worker_hook`` is called by each actor before each batch (tests
     use it to kill one).
@@ -136,7 +139,7 @@ def forecast_dataset(
         batch_size, seed,
     )  # fmt: skip
     workers = WorkerOptions(str(model), concurrency, num_cpus_per_worker, num_gpus_per_worker, compile,
-                            _str_or_none(compile_cache_dir), torch_dtype, _worker_hook)  # fmt: skip
+                            _str_or_none(compile_cache_dir), torch_dtype, decode_block_size, _worker_hook)  # fmt: skip
     job = _Job.prepare(dataset, frame, workers)
     return job.run(_ForecastActor, {"frame": frame})
 
@@ -164,6 +167,7 @@ def backtest_dataset(
     compile: bool = True,
     compile_cache_dir: str | os.PathLike | None = None,
     torch_dtype: str | None = None,
+    decode_block_size: int | None = None,
     _worker_hook: Callable[[], None] | None = None,
 ) -> Any:
     """:func:`toto.evaluation.backtest` over a Ray cluster: a :class:`~toto.evaluation.backtest.BacktestResult`
@@ -181,7 +185,7 @@ def backtest_dataset(
     options = BacktestOptions(windows, stride, interval, seasonality)
     interval_levels = options.interval_levels(frame.quantile_levels)
     workers = WorkerOptions(str(model), concurrency, num_cpus_per_worker, num_gpus_per_worker, compile,
-                            _str_or_none(compile_cache_dir), torch_dtype, _worker_hook)  # fmt: skip
+                            _str_or_none(compile_cache_dir), torch_dtype, decode_block_size, _worker_hook)  # fmt: skip
     job = _Job.prepare(dataset, frame, workers)
     nested = job.run(_BacktestActor, {"frame": frame, "options": options}).materialize()
     levels = list(frame.quantile_levels)
@@ -236,6 +240,7 @@ class WorkerOptions:
     compile: bool = True
     compile_cache_dir: str | None = None
     torch_dtype: str | None = None
+    decode_block_size: int | None = None  # None: the model's default
     hook: Callable[[], None] | None = None  # called by each actor before each batch (tests)
 
     def __post_init__(self) -> None:
@@ -256,6 +261,8 @@ class _Job:
     @classmethod
     def prepare(cls, dataset: Any, frame: FrameOptions, workers: WorkerOptions) -> "_Job":
         """Read and plan (the options are checked already): all before any model actor starts."""
+        if workers.decode_block_size is not None:
+            _check_block_size(workers.model, workers.decode_block_size)
         rows = read_dataset(dataset, frame.columns)
         tagged, batches = _planned(rows, frame.id_column, frame.timestamp_column, frame.batch_size, frame.seed)
         return cls(tagged, batches, workers, _cpu_share(workers.num_cpus_per_worker, workers.concurrency))
@@ -274,6 +281,16 @@ class _Job:
             max_restarts=-1,  # a dead actor is restarted ...
             max_task_retries=-1,  # ... and its batch retried
         )
+
+
+def _check_block_size(model: str, decode_block_size: int) -> None:
+    """The block size against the model's ``config.json`` alone: an error here, not in every actor."""
+    from ..checkpoints.reading import read_config_json, resolve_config
+    from ..families import family_of
+
+    path = resolve_config(model)
+    config = read_config_json(path)
+    family_of(config, str(path)).check_decode_block_size(config, decode_block_size)
 
 
 def _cpu_share(requested: float | None, concurrency: int) -> float:
@@ -351,6 +368,8 @@ class _ModelActor:
             workers.model, device_map="cuda" if workers.num_gpus_per_worker > 0 else "cpu", torch_dtype=dtype,
             torch_compile=workers.compile, compile_cache_dir=workers.compile_cache_dir,
         )  # fmt: skip
+        if workers.decode_block_size is not None:
+            self.pipeline.decode_block_size = workers.decode_block_size
         self.hook = workers.hook
 
     def items(self, rows: Any) -> Any:

@@ -30,6 +30,12 @@ class ModelFamily(ABC):
         """Whether a parsed ``config.json`` describes a model of this family."""
 
     @classmethod
+    def check_decode_block_size(cls, config: Mapping[str, Any], decode_block_size: int | None) -> None:
+        """Whether ``decode_block_size`` suits a model of this family with the parsed ``config``
+        (before loading it, as the Ray engine's driver does): a ValueError naming it if not."""
+        raise ValueError(f"decode_block_size: {cls.name} decodes one patch at a time")
+
+    @classmethod
     @abstractmethod
     def from_files(
         cls, files: CheckpointFiles, *, device: torch.device, dtype: torch.dtype | None, compile: CompileOptions

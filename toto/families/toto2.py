@@ -16,7 +16,7 @@ from ..checkpoints.reading import CheckpointFiles
 from ..checkpoints.writing import save_pretrained
 from ..compile.policy import CompileOptions
 from ..inference.toto2_forecaster import DEFAULT_DECODE_BLOCK_SIZE, Toto2Forecaster, check_block_size
-from ..toto2.config import QUANTILE_LEVELS, TRAINED_CONTEXT
+from ..toto2.config import QUANTILE_LEVELS, TRAINED_CONTEXT, Toto2Config
 from ..toto2.loading import load_toto2
 from ..toto2.model import Toto2Model
 from .base import ForecasterBacked, ModelFamily
@@ -63,6 +63,10 @@ class Toto2Family(ForecasterBacked, ModelFamily):
     def accepts(cls, config: Mapping[str, Any]) -> bool:
         # Toto 2.0's own keys; anything else missing or wrong is Toto2Config's error, naming the key.
         return "d_model" in config and "layer_group_size" in config
+
+    @classmethod
+    def check_decode_block_size(cls, config: Mapping[str, Any], decode_block_size: int | None) -> None:
+        check_block_size(decode_block_size, Toto2Config.from_dict(config).patch_size)
 
     @classmethod
     def from_files(

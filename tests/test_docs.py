@@ -11,8 +11,22 @@ from toto._moved import MOVED
 
 ROOT = Path(__file__).resolve().parents[1]
 # docs/ARCHITECTURE.md and docs/PERFORMANCE.md have their own maintainers; their links are checked, their wording not.
+def test_readme_monitoring_example_runs(tiny_checkpoint):
+    """The README's Monitoring example, after the Usage section's lines (pipeline and context)."""
+    import numpy as np
+
+    from toto import TotoPipeline
+
+    section = (ROOT / "README.md").read_text().split("## Monitoring", 1)[1].split("\n## ", 1)[0]
+    (code,) = _python_blocks(section)
+    pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=False)
+    namespace: dict = {"pipeline": pipeline, "context": 50 + 10 * np.sin(2 * np.pi * np.arange(700) / 96)}
+    exec(compile(code, "README Monitoring", "exec"), namespace)
+    assert namespace["density"].shape == (1, 700) and namespace["scores"].anomaly.shape == (1, 700)
+
+
 OWN_DOCS = ["README.md", "docs/USAGE.md", "docs/COMMANDS.md", "docs/BACKTESTING.md", "docs/FINETUNING.md",
-            "docs/TUNING.md", "docs/SCALING.md", "docs/ROBUSTNESS.md", "docs/COMPILE.md"]  # fmt: skip
+            "docs/TUNING.md", "docs/SCALING.md", "docs/ROBUSTNESS.md", "docs/COMPILE.md", "docs/MONITORING.md"]  # fmt: skip
 MOVED_TABLE = "docs/USAGE.md"  # lists every old path next to its new one
 
 

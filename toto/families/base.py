@@ -112,6 +112,11 @@ class ModelFamily(ABC):
     def save_pretrained(self, directory: str | os.PathLike) -> list:
         """Write ``config.json`` + ``model.safetensors`` that :meth:`from_files` loads."""
 
+    def step_predictions(self, series: Tensor, observed: Tensor) -> Any:
+        """Each step's predictive distribution from everything before its patch, teacher-forced
+        (:class:`toto.inference.likelihood.StepPredictions`); only a family with a density has one."""
+        raise ValueError(f"{self.name} forecasts quantiles; it has no density (log-likelihoods are for Toto 1.0)")
+
     def fine_tuned(self, inputs: Any, options: Any, validation_inputs: Any) -> tuple["ModelFamily", Any]:
         """A fine-tuned copy and its history (:class:`toto.training.FitOptions` ``options``)."""
         raise NotImplementedError(f"fine-tuning is not available for {self.name} models")

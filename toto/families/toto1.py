@@ -15,6 +15,7 @@ from ..checkpoints.reading import CheckpointFiles, read_checkpoint
 from ..compile.policy import CompileOptions
 from ..data.util.dataset import masked_timeseries
 from ..inference.forecaster import TotoForecaster
+from ..inference.likelihood import StepPredictions, step_predictions
 from ..model.toto import Toto
 from .base import ForecasterBacked, ModelFamily
 
@@ -103,6 +104,9 @@ class Toto1Family(ForecasterBacked, ModelFamily):
 
     def save_pretrained(self, directory: str | os.PathLike) -> list:
         return self.model.save_pretrained(directory)
+
+    def step_predictions(self, series: Tensor, observed: Tensor) -> StepPredictions:
+        return step_predictions(self.model.model, series, observed)
 
     def fine_tuned(self, inputs: Any, options: Any, validation_inputs: Any) -> tuple["Toto1Family", Any]:
         from ..training import TrainingDiverged, fit_backbone

@@ -25,11 +25,14 @@ from ..toto2.model import Toto2Model
 from .batching import BackOff, SampleRequest, forecast_in_batches, item_keys, quantile_summary
 from .forecasts import QuantileForecast, TotoForecast, interpolate_knots
 from .inputs import covariates_tensor, keys_tensor, normalize_context
+from .monitoring import AnomalyScores, MonitoringMethods
 
 if TYPE_CHECKING:
     from ..frames.panel import Panel
 
-__all__ = ["DEFAULT_FRAME_BATCH_SIZE", "DEFAULT_QUANTILES", "QuantileForecast", "TotoForecast", "TotoPipeline"]
+__all__ = [
+    "DEFAULT_FRAME_BATCH_SIZE", "DEFAULT_QUANTILES", "AnomalyScores", "QuantileForecast", "TotoForecast", "TotoPipeline",
+]
 
 HUB_OPTIONS = frozenset({"revision", "cache_dir", "local_files_only", "token", "force_download"})
 IGNORED_PREDICT_OPTIONS = frozenset({"temperature", "top_k", "top_p"})  # accepted by the old wrapper
@@ -38,7 +41,7 @@ _warned_ignored: set[str] = set()
 logger = logging.getLogger("toto")
 
 
-class TotoPipeline:
+class TotoPipeline(MonitoringMethods):
     def __init__(
         self,
         model: Toto | Toto2Model | ModelFamily,

@@ -105,13 +105,15 @@ class ContextBuffers(NamedTuple):
     """A prefilled context: its decode state (one row per series), the first patch's distribution,
     the exogenous variates' known future, each series' first patch after its left padding
     (patches before it are hidden from time attention; all 0 unless the call asked for that),
-    and each series' random-stream key (read by keyed draws only)."""
+    each series' random-stream key (read by keyed draws only), and how far decode steps move
+    each series' xPos centre (0 but for a live stream, :mod:`toto.inference.streaming`)."""
 
     state: DecodeBuffers
     head: NextPatch
     future: KnownFuture
     first_real: Int[Tensor, " rows"]
     keys: Int[Tensor, " rows"]
+    xpos_shift: Int[Tensor, " rows"]
 
     @classmethod
     def allocate(
@@ -128,13 +130,12 @@ class ContextBuffers(NamedTuple):
             torch.zeros(rows, variates, capacity + 1, model.patch_size, dtype=data_dtype, device=device),
             torch.zeros(rows, variates, 1, dtype=torch.bool, device=device),
         )
-        first_real = torch.zeros(rows, dtype=torch.long, device=device)
-        keys = torch.zeros(rows, dtype=torch.long, device=device)
-        mark_static([*head, *future, first_real, keys])
-        return cls(state, head, future, first_real, keys)
+        first_real, keys, xpos_shift = (torch.zeros(rows, dtype=torch.long, device=device) for _ in range(3))
+        mark_static([*head, *future, first_real, keys, xpos_shift])
+        return cls(state, head, future, first_real, keys, xpos_shift)
 
     def tensors(self) -> list[Tensor]:
-        return [*self.state.tensors(), *self.head, *self.future, self.first_real, self.keys]
+        return [*self.state.tensors(), *self.head, *self.future, self.first_real, self.keys, self.xpos_shift]
 
 
 def as_rows(t: Float[Tensor, "block series ..."]) -> Float[Tensor, "block_x_series ..."]:
@@ -195,6 +196,11 @@ def prefill(
     state.last_ids.copy_(id_patches.index_select(-1, at_last).squeeze(-1))
     state.position.copy_(last + 1)
     state.patch.copy_(context.future.apply(next_patch(head.distribution(), sample=False), state.position))
+
+
+def begin_mean(buffers: DecodeBuffers, context: ContextBuffers) -> None:
+    """Start the mean path in rows of its own (one per series), leaving the context untouched."""
+    _start(buffers, context, context.state.patch)
 
 
 def begin(buffers: DecodeBuffers, context: ContextBuffers) -> None:
@@ -267,7 +273,10 @@ def decode_step(
     if shared_prefix:
         # Prefix slots hold the context's tokens: its patches and any label token before them.
         cache = PrefixedCache(cache, context.state.cache, context.state.position + model.num_prepended_tokens)
-    hidden = model.encode(scaled, buffers.last_ids[..., None], buffers.position[None], cache, first_real=context.first_real)
+    hidden = model.encode(
+        scaled, buffers.last_ids[..., None], buffers.position[None], cache, first_real=context.first_real,
+        xpos_shift=context.xpos_shift,
+    )  # fmt: skip
     distribution = AffineTransformed(model.fast_head(hidden), loc[..., None], scale[..., None])
     if keyed:  # rows are (sample, series): the uniforms' leading (count, series) flattened to match
         step = buffers.position + 1 - context.state.position
@@ -292,3 +301,8 @@ def keyed_sample_step(model: TotoBackbone, buffers: DecodeBuffers, context: Cont
 
 def mean_step(model: TotoBackbone, context: ContextBuffers) -> None:
     decode_step(model, context.state, context, sample=False, shared_prefix=False)
+
+
+def prefixed_mean_step(model: TotoBackbone, buffers: DecodeBuffers, context: ContextBuffers) -> None:
+    """The mean path in rows of its own over the context's cache as a shared prefix (a stream's)."""
+    decode_step(model, buffers, context, sample=False, shared_prefix=True)

@@ -23,16 +23,19 @@ from .capacity import bucket_capacity, decode_capacity, pooled
 from .inputs import as_masked, checked_keys, known_future, mask_missing
 from .memory import fit_samples_per_batch, pooled_bytes
 from .call_protocol import decode_by_calls
+from .streaming import append_step, stream_prefill
 from .decoding import (
     ContextBuffers,
     DecodeBuffers,
     begin,
+    begin_mean,
     draw,
     keyed_begin,
     keyed_draw,
     keyed_sample_step,
     mean_step,
     prefill,
+    prefixed_mean_step,
     sample_step,
 )
 
@@ -122,6 +125,11 @@ class TotoForecaster:
             False: CompiledFunction(mean_step, self.compile_settings, failures=failures),
         }
         self._keyed_step = CompiledFunction(keyed_sample_step, self.compile_settings, failures=failures)
+        self._begin_mean = CompiledFunction(begin_mean, per_call, dynamic=False, failures=failures)
+        self._prefixed_mean_step = CompiledFunction(prefixed_mean_step, self.compile_settings, failures=failures)
+        # Live streams (toto.inference.stream): their prefill, and one cached step per appended patch.
+        self._stream_prefill = CompiledFunction(stream_prefill, per_call, dynamic=False, failures=failures)
+        self._stream_step = CompiledFunction(append_step, self.compile_settings, failures=failures)
         self._compile_cache = CompileCache.resolve(compile_cache_dir) if self.compile_settings.enabled else None
         if self._compile_cache is not None:
             self._compile_cache.load()
@@ -151,7 +159,7 @@ class TotoForecaster:
     def _compiled_functions(self) -> list[CompiledFunction]:
         return [
             self._prefill, self._begin, self._draw, self._keyed_begin, self._keyed_draw, *self._steps.values(),
-            self._keyed_step,
+            self._keyed_step, self._begin_mean, self._prefixed_mean_step, self._stream_prefill, self._stream_step,
         ]
 
     def capacity_for(self, context_length: int, prediction_length: int) -> int:
@@ -399,7 +407,6 @@ class TotoForecaster:
         """
         batch, variates, length = series.shape
         num_context = -(-length // self.patch_size)
-        sample = num_samples is not None
         capacity = self.capacity_for(length, num_steps * self.patch_size)
         self.model.refresh_fused_head()  # host-side, before any compiled step reads the folded head
         context = self._buffers_for(ContextBuffers, batch, variates, capacity)
@@ -416,30 +423,55 @@ class TotoForecaster:
         # The staged patch grid starts at step 0, so a step's patch is its index // patch_size.
         first_real = first_observed_step(staged[1]) // self.patch_size if hide_leading_padding else None
         self._prefill(self.model, context, *staged, last, exogenous, first_real)
+        return self.decode_context(context, num_context, num_steps, num_samples, per_batch, keys, progress)
+
+    def decode_context(
+        self,
+        context: ContextBuffers,
+        num_context: int,
+        num_steps: int,
+        num_samples: int | None,
+        per_batch: int,
+        keys: Tensor | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        keep_context: bool = False,
+    ) -> Float[Tensor, "rows variate steps_x_patch"]:
+        """Decode ``num_steps`` patches after a prefilled ``context`` of ``num_context`` patches:
+        the mean path, or ``num_samples`` paths ``per_batch`` at a time (see :meth:`_decode`).
+        ``keep_context``: the mean path decodes in rows of its own, as sample paths do, so the
+        context (a live stream's) is left as it was."""
+        sample = num_samples is not None
+        batch, variates = context.state.last_ids.shape
+        labels = self.model.num_prepended_tokens
         if num_steps == 1:  # nothing to decode: every draw comes from the prefill's distribution
             if progress is not None:
                 progress(1, 1)
             if not sample:
                 return context.state.patch.clone()
             return (self._draw if keys is None else self._keyed_draw)(context, num_samples).clone()
-        if sample:
+        own_rows = sample or keep_context
+        if own_rows:
             # Sample rows cache only what they decode; the context's cache is their shared prefix.
-            repeats = min(per_batch, num_samples)
+            repeats = min(per_batch, num_samples) if sample else 1
             buffers = self._buffers_for(DecodeBuffers, batch * repeats, variates, decode_capacity(num_steps - 1))
             step_args = (self.model, buffers, context)
         else:
+            repeats = 1
             buffers = context.state
             step_args = (self.model, context)
-        step = self._keyed_step if sample and keys is not None else self._steps[sample]
-        begin = self._begin if keys is None else self._keyed_begin
+        if sample:
+            step = self._keyed_step if keys is not None else self._steps[True]
+        else:
+            step = self._prefixed_mean_step if keep_context else self._steps[False]
+        begin = self._begin_mean if not sample else self._begin if keys is None else self._keyed_begin
         num_batches = 1 if num_samples is None else -(-num_samples // repeats)
         paths = []
         for batch_index in range(num_batches):
-            if sample:
+            if own_rows:
                 if keys is not None:
                     buffers.first_sample.fill_(batch_index * repeats)
                 begin(buffers, context)
-            buffers.cache.length = 0 if sample else labels + num_context
+            buffers.cache.length = 0 if own_rows else labels + num_context
             patches = [buffers.patch.clone()]
             for step_index in range(1, num_steps):
                 buffers.cache.advance(1)

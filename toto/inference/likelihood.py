@@ -51,6 +51,19 @@ class StepPredictions(NamedTuple):
         return torch.where(self.scored, tail.clamp(max=1.0), torch.nan)
 
 
+class StepScores(NamedTuple):
+    """Scores of observed steps under the predictions made before they arrived, each
+    ``[batch, variate, steps]`` (NaN where missing): negative log density (data units) and
+    the two-sided tail probability (see :meth:`StepPredictions.tail_probability`)."""
+
+    nll: Tensor
+    tail_probability: Tensor
+
+    def anomaly(self, false_alarm_rate: float) -> Tensor:
+        """Where the tail probability is below ``false_alarm_rate`` (never where missing)."""
+        return torch.nan_to_num(self.tail_probability, nan=1.0) < false_alarm_rate
+
+
 @torch.no_grad()
 def step_predictions(
     model: TotoBackbone,

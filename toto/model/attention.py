@@ -95,6 +95,10 @@ class LeadingPadding(NamedTuple):
 
     first_real: Int[Tensor, " batch"]  # token position of each series' first real patch
     labels: int = 0
+    # Moves each series' xPos centre back by this many tokens (None: 0). A live stream's cached
+    # keys keep the centre of the context they were written for; its decode steps shift by how
+    # far the centre of the grown context has moved since (toto.inference.streaming).
+    xpos_shift: Int[Tensor, " batch"] | None = None
 
     def visible(self, keys: Int[Tensor, " n"], variates: int) -> Bool[Tensor, "rows 1 1 n"]:
         """Which key positions each (series, variate) row may attend to."""
@@ -111,10 +115,13 @@ class LeadingPadding(NamedTuple):
         moving its real tokens back by its padding gives it its own positions. ``batch``
         rows may be several blocks of the series (sample rows, laid out (block, series)).
         """
+        blocks = batch // self.first_real.shape[0]
         per_series = (self.first_real - self.labels).repeat_interleave(variates)
-        shift = per_series.repeat(batch // self.first_real.shape[0])[:, None]
+        shift = per_series.repeat(blocks)[:, None]
         moved = torch.where(positions < self.labels, positions, positions - shift)
         end = (positions.max() if last is None else last) - shift[:, 0]
+        if self.xpos_shift is not None:  # the centre is end // 2: two steps of end per token
+            end = end - (2 * self.xpos_shift).repeat_interleave(variates).repeat(blocks)
         return moved, end
 
 

@@ -124,6 +124,7 @@ class TotoBackbone(nn.Module):
         start: bool = False,
         exogenous: Bool[Tensor, " variate"] | None = None,
         first_real: Int[Tensor, " batch"] | None = None,
+        xpos_shift: Int[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, "batch variate patches embed"]:
         """Run scaled patches at patch ``positions`` through the transformer (writing ``cache``).
 
@@ -132,11 +133,12 @@ class TotoBackbone(nn.Module):
         variate's label (exogenous where ``exogenous``); every call places patches one
         token later, so the cache and the rotary angles count the label as upstream does.
         ``first_real``: each series' first patch that is not left padding; time attention
-        hides the patches before it (:class:`~toto.model.attention.LeadingPadding`).
+        hides the patches before it (:class:`~toto.model.attention.LeadingPadding`), which also
+        takes ``xpos_shift`` (needs ``first_real``).
         """
         embedded = self.patch_embed(scaled.to(self.unembed.weight.dtype))
         shift = self.num_prepended_tokens
-        padding = None if first_real is None else LeadingPadding(first_real + shift, shift)
+        padding = None if first_real is None else LeadingPadding(first_real + shift, shift, xpos_shift)
         if shift:
             positions = positions + shift
             last = None if last is None else last + shift

@@ -113,6 +113,47 @@ class CausalPatchScaler(nn.Module):
         loc, scale = loc.to(patch.dtype), scale.to(patch.dtype)
         return (patch - loc[..., None]) / scale[..., None], loc, scale, new_state
 
+    def append(
+        self, state: ScalerState, patch: Float[Tensor, "batch variate patch"], observed: Bool[Tensor, "batch variate patch"]
+    ) -> tuple[Tensor, Tensor, Tensor, ScalerState, Tensor]:
+        """Scale one observed context patch (missing steps carry no weight) that grows the context:
+        the clamp bounds are those of the grown context, as a fresh call on it has them.
+
+        Returns ``(scaled, loc, scale, new_state, raw_scale)``; ``raw_scale`` (float64
+        ``[batch, variate]``) is the scale before clamping, which a stream compares with the
+        new bounds to know whether its earlier patches would now be clamped otherwise.
+        """
+        x64, w = patch.to(torch.float64), observed.to(torch.float64)
+        weight_sum = state.weight_sum[..., None] + torch.cumsum(w, dim=-1)
+        value_sum = state.value_sum[..., None] + torch.cumsum(w * x64, dim=-1)
+        mean = value_sum / weight_sum.clamp_min(1.0)
+        start_mean = (state.value_sum / state.weight_sum.clamp_min(1.0))[..., None]
+        previous_mean = torch.cat((start_mean, mean[..., :-1]), dim=-1)
+        m2 = state.m2[..., None] + torch.cumsum((x64 - previous_mean) * (x64 - mean) * w, dim=-1)
+        min_scale, max_scale = self.bounds_of_sums(weight_sum[..., -1], m2[..., -1])
+        new_state = ScalerState(weight_sum[..., -1], value_sum[..., -1], m2[..., -1], min_scale, max_scale)
+        raw_scale = torch.sqrt(_causal_variance(new_state.weight_sum, new_state.m2, bessel=True) + self.minimum_scale)
+        loc, scale = mean[..., -1], torch.minimum(torch.maximum(raw_scale, min_scale), max_scale)
+        loc, scale = loc.to(patch.dtype), scale.to(patch.dtype)
+        return (patch - loc[..., None]) / scale[..., None], loc, scale, new_state, raw_scale
+
+    def bounds_of_sums(self, weight_sum: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`_global_scale_bounds` from running sums (the global variance is ``m2 / count``)."""
+        if not self.stabilize_with_global:
+            inf = torch.full_like(weight_sum, torch.inf)
+            return torch.zeros_like(inf), inf
+        global_scale = torch.sqrt(m2 / weight_sum.clamp_min(1.0) + self.minimum_scale)
+        factor = 10.0**self.scale_factor_exponent
+        return (global_scale / factor).clamp_min(self.minimum_scale), global_scale * factor
+
+    def raw_patch_scales(
+        self, x: Float[Tensor, "batch variate time"], observed: Bool[Tensor, "batch variate time"]
+    ) -> Float[Tensor, "batch variate patches"]:
+        """Each patch's scale before clamping (float64), from the statistics at its last step."""
+        weight_sum, _, _, m2 = _causal_moments(x.to(torch.float64), observed.to(torch.float64))
+        end = slice(self.patch_size - 1, None, self.patch_size)
+        return torch.sqrt(_causal_variance(weight_sum[..., end], m2[..., end], bessel=True) + self.minimum_scale)
+
     def _loc_scale(self, weight_sum: Tensor, mean: Tensor, m2: Tensor, min_scale: Tensor, max_scale: Tensor):
         variance = _causal_variance(weight_sum, m2, bessel=True)
         scale = torch.sqrt(variance + self.minimum_scale)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..arguments import as_float_tensor, check_int
 from ..inference.inputs import mask_missing
+from ..inference.stream import TotoStream
 from .batching import _autocast
 from .inputs import normalize_context
 
@@ -91,6 +92,32 @@ class MonitoringMethods:
         scores = self.detect_anomalies([item.values.astype(np.float32) for item in panel.items],
                                        false_alarm_rate=rate, batch_size=batch_size)  # fmt: skip
         return anomaly_frame(panel, [(s.nll, s.tail_probability, s.anomaly) for s in scores])
+
+    def stream(self, context: Any, *, max_context: int | None = None, keep: int | None = None) -> TotoStream:
+        """A live :class:`~toto.inference.stream.TotoStream` of ``context`` (read as :meth:`predict`
+        reads it): ``append`` new steps, then ``forecast`` as a fresh call on the whole context
+        would, at the cost of one cached step per new patch. ``max_context`` (default: the
+        model's, 4,096 steps) bounds the window it holds; past it, the window is cut to its last
+        ``keep`` steps (default: three quarters of ``max_context``) and encoded once. Toto 1.0 only."""
+        from .. import __version__
+
+        if self.family.output != "samples":
+            raise ValueError(f"{self.family.name}: streams are for Toto 1.0 (docs/MONITORING.md says why)")
+        max_context = self.family.max_context if max_context is None else max_context
+        check_int("max_context", max_context)
+        keep = max_context - max_context // 4 if keep is None else keep
+        check_int("keep", keep)
+        series, _ = normalize_context(context)
+        return TotoStream(self.family.forecaster, series, max_context=max_context, keep=keep, version=__version__)
+
+    def stream_from_state(self, state: dict) -> TotoStream:
+        """Resume a stream from its :meth:`~toto.inference.stream.TotoStream.state_dict` (after a
+        restart, say); a state of another model or package version is refused, naming both."""
+        from .. import __version__
+
+        if self.family.output != "samples":
+            raise ValueError(f"{self.family.name}: streams are for Toto 1.0")
+        return TotoStream.from_state(self.family.forecaster, state, __version__)
 
     def _per_series(self, series: Any, batch_size: int | None, score: Callable[[Any], Tensor]) -> list[np.ndarray]:
         """``score`` of the family's step predictions (:class:`~toto.inference.likelihood.StepPredictions`),

@@ -228,3 +228,16 @@ def test_streams_compile_and_stay_compiled(tiny_checkpoint):
     forecaster = pipeline.family.forecaster
     assert forecaster._stream_step.active and forecaster._prefixed_mean_step.active and not forecaster.compile_error
     assert rel(stream.forecast(patch).mean, fresh_mean(pipeline, full[None, :, : position[0]], patch)) <= 1e-5
+
+
+def test_more_streams_than_fit_are_refused_with_the_bytes(pipeline, monkeypatch):
+    from toto.inference import stream as stream_module
+
+    patch = pipeline.family.patch_size
+    one = pipeline.stream(seasonal(4 * patch)[0])
+    expected = stream_module.stream_bytes(pipeline.family.forecaster, 1, 1, one.capacity)
+    assert one.nbytes() == expected + one.context.numel() * 4  # its buffers, plus the window on the CPU
+    monkeypatch.setattr(stream_module, "available_bytes", lambda device: 10 * expected)
+    pipeline.stream(np.stack([seasonal(4 * patch)[0]] * 10))  # ten series fit
+    with pytest.raises(StreamError, match=r"11 series x 1 variates .* needs [\d.]+ .iB on cpu, but only [\d.]+ .iB"):
+        pipeline.stream(np.stack([seasonal(4 * patch)[0]] * 11))

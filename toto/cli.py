@@ -1,5 +1,5 @@
-"""The ``toto-compiled`` command: ``check``, ``forecast``, ``backtest``, ``bench``, ``export`` and
-``finetune`` (each in ``toto/commands``). Building the parsers imports no torch: ``--help`` is fast."""
+"""The ``toto-compiled`` command: ``check``, ``forecast``, ``backtest``, ``detect``, ``bench``, ``export``
+and ``finetune`` (each in ``toto/commands``). Building the parsers imports no torch: ``--help`` is fast."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import backtest, bench, check, export, finetune, forecast
+from .commands import backtest, bench, check, detect, export, finetune, forecast
 from .commands.errors import run_command
 
-COMMANDS = (check, forecast, backtest, bench, export, finetune)
+COMMANDS = (check, forecast, backtest, detect, bench, export, finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:

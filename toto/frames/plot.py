@@ -102,6 +102,38 @@ def plot_backtest(
     return _finish(fig, axes, targets, timestamp_column, path)
 
 
+def plot_anomalies(
+    scores: pd.DataFrame,
+    *,
+    item_id: Hashable | None = None,
+    id_column: str | None = "item_id",
+    timestamp_column: str = "timestamp",
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One item's values with its flagged steps marked, one axes per target.
+
+    ``scores`` is the frame of ``TotoPipeline.detect_anomalies_df`` (``id_column`` None: a
+    frame of one series, without an id column); ``item_id`` defaults to its first item.
+    """
+    _check_columns(scores, "scores", [timestamp_column, TARGET_NAME_COLUMN, "value", "anomaly"]
+                   + ([id_column] if id_column is not None else []))  # fmt: skip
+    rows = scores
+    if id_column is not None:
+        item = scores[id_column].iloc[0] if item_id is None else item_id
+        rows = _item_rows(scores, "scores", id_column, item)
+    targets = list(dict.fromkeys(rows[TARGET_NAME_COLUMN]))
+    named = "" if id_column is None else f" of {id_column} {item!r}"
+    fig, axes = _figure(len(targets), title if title is not None else f"Anomalies{named}")
+    for ax, name in zip(axes, targets):
+        series = _target_rows(rows, name, named).sort_values(timestamp_column, kind="stable")
+        x, y = series[timestamp_column].to_numpy(), series["value"].to_numpy(dtype=float)
+        ax.plot(x, y, color=ACTUAL_COLOUR, linewidth=1, label="observed")
+        flagged = series["anomaly"].to_numpy(dtype=bool)
+        ax.scatter(x[flagged], y[flagged], color="C3", s=24, zorder=3, label=f"flagged ({int(flagged.sum())})")
+    return _finish(fig, axes, targets, timestamp_column, path)
+
+
 def _prepare(
     history: Any,
     forecast: Any,

@@ -25,6 +25,7 @@ from .capacity import bucket_capacity
 from ..model.distribution import MixtureOfStudentT
 from .forecaster import Forecast
 from .likelihood import StepPredictions, StepScores
+from .memory import available_bytes, format_bytes
 from .streaming import StreamBuffers
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class TotoStream:
         self.capacity = bucket_capacity(-(-max_context // patch) + 1)  # + 1: a left-padded first patch
         batch, variates, _ = series.shape
         model = forecaster.model
+        check_stream_memory(forecaster, batch, variates, self.capacity)
         self._buffers = StreamBuffers.allocate(model, batch, variates, self.capacity, forecaster._data_dtype(), forecaster.device)
         self._window = series[..., -max_context:].float().cpu().clone()
         self._cached_steps = 0  # steps of the window that the cache holds (the rest are pending)
@@ -304,6 +306,23 @@ class TotoStream:
             target.copy_(saved)
         self._window, self._cached_steps, self._patches, self.reencodes, length = snapshot["host"]
         self._buffers.context.state.cache.length = length
+
+
+def stream_bytes(forecaster: "TotoForecaster", batch: int, variates: int, capacity: int) -> int:
+    """Device bytes of a stream's buffers (KV cache and state), measured on the meta device."""
+    meta = StreamBuffers.allocate(forecaster.model, batch, variates, capacity, forecaster._data_dtype(), "meta")
+    return sum(t.numel() * t.element_size() for t in meta.tensors())
+
+
+def check_stream_memory(forecaster: "TotoForecaster", batch: int, variates: int, capacity: int) -> None:
+    """Refuse a stream whose buffers do not fit in what the device can still give, naming both."""
+    needed = stream_bytes(forecaster, batch, variates, capacity)
+    available = available_bytes(forecaster.device)
+    if available is not None and needed > available:
+        raise StreamError(
+            f"a stream of {batch} series x {variates} variates (a cache of {capacity} patches) needs "
+            f"{format_bytes(needed)} on {forecaster.device}, but only {format_bytes(available)} is available"
+        )
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -95,6 +95,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: %(default)s (upstream-compiled: torch.compile of its transformer)",
     )  # fmt: skip
     group.add_argument("--decode-block-size", type=int, default=768, help="both sides (default: %(default)s)")
+    group = parser.add_argument_group("live streams (--streams)")
+    group.add_argument(
+        "--streams", action="store_true",
+        help="instead of S1-S4: a stream's update (append a patch, forecast a patch) against a fresh forecast of the "
+             "same context, and the throughput of many streams (Toto 1.0, ours only)",
+    )  # fmt: skip
+    group.add_argument("--stream-contexts", default="512,2048,4096", type=_positive_ints,
+                       help="context lengths (default: %(default)s)")  # fmt: skip
+    group.add_argument("--stream-rows", default="1,64", type=_positive_ints,
+                       help="series per stream in the update-against-fresh rows (default: %(default)s)")  # fmt: skip
+    group.add_argument("--stream-series", type=int, default=1000, metavar="N", help="throughput: streams (default: %(default)s)")
+    group.add_argument("--stream-batch", type=int, default=250, metavar="B",
+                       help="throughput: series per stream object (default: %(default)s)")  # fmt: skip
+    group.add_argument("--stream-throughput-context", type=int, default=512, metavar="T",
+                       help="throughput: context length (default: %(default)s)")  # fmt: skip
     parser.add_argument(
         "--config", type=Path, metavar="JSON",
         help="a model config.json to benchmark instead of the published architecture (random weights either way)",
@@ -123,6 +138,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def _choices(allowed) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [name.strip() for name in text.split(",")]
@@ -143,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(problem)
     if args.family == "toto2":
         return run_toto2_bench(args)
+    if args.streams:
+        return run_streams_bench(args)
     from ...config import PUBLISHED_CONFIG
     from .report import table, worst_exit
     from .runners import oracle_available
@@ -186,6 +213,19 @@ def run_toto2_bench(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps({"family": "toto2", "device": args.device, "dtype": args.dtype,
                                          "results": results}, indent=2))  # fmt: skip
+    return 0
+
+
+def run_streams_bench(args: argparse.Namespace) -> int:
+    from .streams import run_streams, table
+
+    for option in ("stream_series", "stream_batch", "stream_throughput_context"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
+    results = run_streams(args)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"streams": results}, indent=2))
     return 0
 
 

@@ -18,11 +18,16 @@ def test_readme_monitoring_example_runs(tiny_checkpoint):
     from toto import TotoPipeline
 
     section = (ROOT / "README.md").read_text().split("## Monitoring", 1)[1].split("\n## ", 1)[0]
-    (code,) = _python_blocks(section)
+    blocks = _python_blocks(section)
+    assert len(blocks) == 2
     pipeline = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=False)
-    namespace: dict = {"pipeline": pipeline, "context": 50 + 10 * np.sin(2 * np.pi * np.arange(700) / 96)}
-    exec(compile(code, "README Monitoring", "exec"), namespace)
+    context = 50 + 10 * np.sin(2 * np.pi * np.arange(700) / 96)
+    namespace: dict = {"pipeline": pipeline, "context": context, "new_points": context[:40] + 1.0}
+    exec(compile(blocks[0], "README Monitoring #0", "exec"), namespace)
     assert namespace["density"].shape == (1, 700) and namespace["scores"].anomaly.shape == (1, 700)
+    exec(compile(blocks[1], "README Monitoring #1", "exec"), namespace)
+    assert namespace["scores"].nll.shape == (1, 1, 40) and namespace["forecast"].mean.shape == (1, 1, 64)
+    assert pipeline.stream_from_state(namespace["state"]).forecast(64).mean.equal(namespace["forecast"].mean)
 
 
 OWN_DOCS = ["README.md", "docs/USAGE.md", "docs/COMMANDS.md", "docs/BACKTESTING.md", "docs/FINETUNING.md",

@@ -70,6 +70,12 @@ def test_usage_errors(capsys, tiny_checkpoint, wide_csv, tmp_path):
     ]:
         code, _, err = run_main(capsys, command(tiny_checkpoint, "--input", str(path), *args))
         assert code == 2 and message in err, (args, err)
+
+
+def test_a_toto2_model_is_scored_approximately(capsys, wide_csv, tmp_path):
+    path, _ = wide_csv
     toto2 = write_random_toto2(tmp_path / "toto2", TINY_TOTO2_CONFIG)
-    code, _, err = run_main(capsys, command(toto2, "--input", str(path), "--timestamp-column", "time"))
-    assert code == 2 and "Toto 2.0 outputs quantiles; detect needs Toto 1.0's density" in err
+    code, out, err = run_main(capsys, command(toto2, "--input", str(path), "--timestamp-column", "time"))
+    assert code == 0 and "Toto 2.0 has no density" in err
+    frame = pd.read_csv(io.StringIO(out))
+    assert frame["nll"].isna().all() and frame["tail_probability"].notna().sum() > 300

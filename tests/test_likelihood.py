@@ -136,6 +136,44 @@ def test_bad_input_and_quantile_models(pipeline, tmp_path):
         toto2.log_likelihood(np.ones(100))
 
 
+def test_knot_cdf_passes_through_the_knots_with_exponential_tails():
+    from toto.inference.quantile_scores import knot_cdf
+
+    levels = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    knots = torch.tensor([[-4.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    at_knots = knot_cdf(knots.expand(9, -1), levels, knots[0])
+    torch.testing.assert_close(at_knots, torch.tensor(levels, dtype=torch.float64))
+    x = torch.linspace(-30, 30, 2001, dtype=torch.float64)
+    cdf = knot_cdf(knots.expand(x.numel(), -1), levels, x)
+    assert (cdf.diff() >= 0).all() and cdf[0] < 1e-4 and cdf[-1] > 1 - 1e-4
+    # Beyond 0.9: the tail halves over each gap of (q0.9 - q0.8) = 1.
+    upper = knot_cdf(knots.expand(2, -1), levels, torch.tensor([4.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(1 - upper, torch.tensor([0.05, 0.025], dtype=torch.float64))
+    lower = knot_cdf(knots, levels, torch.tensor([-6.0], dtype=torch.float64))  # (q0.2 - q0.1) = 2
+    torch.testing.assert_close(lower, torch.tensor([0.05], dtype=torch.float64))
+
+
+def test_toto2_scores_come_from_the_knots_its_forecast_gives(tmp_path):
+    """Teacher-forced knots of the patch after a context equal the first patch of a forecast
+    from that context; the anomaly scores read them (nll NaN: no density)."""
+    from toto.inference.quantile_scores import quantile_step_predictions
+
+    toto2 = TotoPipeline.from_pretrained(str(write_random_toto2(tmp_path, TINY_TOTO2_CONFIG)), device_map="cpu",
+                                         torch_compile=False)  # fmt: skip
+    patch = toto2.family.patch_size
+    rng = np.random.default_rng(4)
+    series = (5 + np.sin(np.arange(6 * patch) / 3) + rng.normal(0, 0.2, 6 * patch)).astype(np.float32)
+    values = torch.from_numpy(series)[None, None]
+    predictions = quantile_step_predictions(toto2.family.model, values, torch.ones_like(values, dtype=torch.bool))
+    (forecast,) = toto2.predict(series[: 5 * patch], patch)
+    assert rel(predictions.knots[0, 0, -patch:], torch.from_numpy(forecast.quantiles[0, 0])) <= 1e-5
+    series[5 * patch + 2] += 100.0
+    (scores,) = toto2.detect_anomalies(series, false_alarm_rate=0.01)
+    tail = scores.tail_probability[0]
+    assert np.isnan(scores.nll).all() and scores.anomaly[0, 5 * patch + 2]
+    assert tail[5 * patch + 2] == np.nanmin(tail) < 1e-10  # a random model's knots are narrow: others flag too
+
+
 def test_detect_anomalies_df_scores_each_item_as_detect_anomalies(pipeline):
     pd = pytest.importorskip("pandas")
     patch = pipeline.family.patch_size

@@ -112,10 +112,12 @@ class ModelFamily(ABC):
     def save_pretrained(self, directory: str | os.PathLike) -> list:
         """Write ``config.json`` + ``model.safetensors`` that :meth:`from_files` loads."""
 
+    @abstractmethod
     def step_predictions(self, series: Tensor, observed: Tensor) -> Any:
-        """Each step's predictive distribution from everything before its patch, teacher-forced
-        (:class:`toto.inference.likelihood.StepPredictions`); only a family with a density has one."""
-        raise ValueError(f"{self.name} forecasts quantiles; it has no density (log-likelihoods are for Toto 1.0)")
+        """Each step's prediction from everything before its patch, teacher-forced: a mixture
+        (:class:`toto.inference.likelihood.StepPredictions`) or knots
+        (:class:`toto.inference.quantile_scores.QuantileStepPredictions`), with ``nll()`` and
+        ``tail_probability()``."""
 
     def fine_tuned(self, inputs: Any, options: Any, validation_inputs: Any) -> tuple["ModelFamily", Any]:
         """A fine-tuned copy and its history (:class:`toto.training.FitOptions` ``options``)."""

@@ -15,10 +15,12 @@ from torch import Tensor
 from ..checkpoints.reading import CheckpointFiles
 from ..checkpoints.writing import save_pretrained
 from ..compile.policy import CompileOptions
+from ..inference.quantile_scores import QuantileStepPredictions, quantile_step_predictions
 from ..inference.toto2_forecaster import DEFAULT_DECODE_BLOCK_SIZE, Toto2Forecaster, check_block_size
 from ..toto2.config import QUANTILE_LEVELS, TRAINED_CONTEXT, Toto2Config
 from ..toto2.loading import load_toto2
 from ..toto2.model import Toto2Model
+
 from .base import ForecasterBacked, ModelFamily
 
 
@@ -63,6 +65,9 @@ class Toto2Family(ForecasterBacked, ModelFamily):
     def accepts(cls, config: Mapping[str, Any]) -> bool:
         # Toto 2.0's own keys; anything else missing or wrong is Toto2Config's error, naming the key.
         return "d_model" in config and "layer_group_size" in config
+
+    def step_predictions(self, series: Tensor, observed: Tensor) -> QuantileStepPredictions:
+        return quantile_step_predictions(self.model, series, observed)
 
     @classmethod
     def check_decode_block_size(cls, config: Mapping[str, Any], decode_block_size: int | None) -> None:

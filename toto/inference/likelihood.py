@@ -38,6 +38,9 @@ class StepPredictions(NamedTuple):
     def scaled(self) -> Tensor:
         return (self.values - self.loc) / self.scale
 
+    def nll(self) -> Float[Tensor, "batch variate time"]:
+        return -self.log_density()
+
     def log_density(self) -> Float[Tensor, "batch variate time"]:
         """log p(value) in the data's units; NaN where not scored."""
         density = self.mixture.log_prob(self.scaled()) - torch.log(self.scale)

@@ -54,6 +54,9 @@ class MonitoringMethods:
         time]``, that may differ in length (each is scored alone). Series of one shape run
         ``batch_size`` at a time (default: all at once). Toto 1.0 only: Toto 2.0 has no density.
         """
+        if self.family.output != "samples":
+            raise ValueError(f"{self.family.name} forecasts quantiles; it has no density (log-likelihoods are for "
+                             "Toto 1.0; detect_anomalies scores it approximately)")  # fmt: skip
         return self._per_series(series, batch_size, lambda p: p.log_density())
 
     @torch.no_grad()
@@ -62,9 +65,13 @@ class MonitoringMethods:
     ) -> list[AnomalyScores]:
         """:class:`AnomalyScores` per series (inputs as :meth:`log_likelihood`): the negative
         log-likelihood, the two-sided tail probability under the predictive mixture, and a
-        flag where it is below ``false_alarm_rate``. Needs scipy (``toto-compiled[monitoring]``)."""
+        flag where it is below ``false_alarm_rate``. Needs scipy (``toto-compiled[monitoring]``).
+
+        A quantile model (Toto 2.0) has no density: ``nll`` is NaN, and the tail probability
+        comes from its knots with exponential tails beyond them
+        (:mod:`toto.inference.quantile_scores`), an approximation past the 0.1 and 0.9 knots."""
         rate = _checked_rate(false_alarm_rate)
-        both = self._per_series(series, batch_size, lambda p: torch.stack((-p.log_density(), p.tail_probability())))
+        both = self._per_series(series, batch_size, lambda p: torch.stack((p.nll(), p.tail_probability())))
         return [AnomalyScores(nll, tail, np.nan_to_num(tail, nan=1.0) < rate, rate) for nll, tail in both]
 
     @torch.no_grad()

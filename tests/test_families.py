@@ -190,3 +190,9 @@ def test_a_damaged_toto_config_names_the_missing_key(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="output_distribution_classes"):
         TotoPipeline.from_pretrained(str(tmp_path), device_map="cpu")
+
+
+def test_a_family_without_step_predictions_cannot_score():
+    pipeline = TotoPipeline(LastValue())
+    with pytest.raises(ValueError, match="gives no per-step predictions: it cannot score anomalies"):
+        pipeline.detect_anomalies(np.arange(40.0))

@@ -112,12 +112,12 @@ class ModelFamily(ABC):
     def save_pretrained(self, directory: str | os.PathLike) -> list:
         """Write ``config.json`` + ``model.safetensors`` that :meth:`from_files` loads."""
 
-    @abstractmethod
     def step_predictions(self, series: Tensor, observed: Tensor) -> Any:
         """Each step's prediction from everything before its patch, teacher-forced: a mixture
         (:class:`toto.inference.likelihood.StepPredictions`) or knots
         (:class:`toto.inference.quantile_scores.QuantileStepPredictions`), with ``nll()`` and
-        ``tail_probability()``."""
+        ``tail_probability()``. A family without them cannot score anomalies."""
+        raise ValueError(f"{self.name} gives no per-step predictions: it cannot score anomalies")
 
     def fine_tuned(self, inputs: Any, options: Any, validation_inputs: Any) -> tuple["ModelFamily", Any]:
         """A fine-tuned copy and its history (:class:`toto.training.FitOptions` ``options``)."""

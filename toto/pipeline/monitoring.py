@@ -109,7 +109,7 @@ class MonitoringMethods:
         from .. import __version__
 
         if self.family.output != "samples":
-            raise ValueError(f"{self.family.name}: streams are for Toto 1.0 (docs/MONITORING.md says why)")
+            raise ValueError(f"{self.family.name}: streams are Toto 1.0's for now (Toto 2.0's are not built yet)")
         max_context = self.family.max_context if max_context is None else max_context
         check_int("max_context", max_context)
         keep = max_context - max_context // 4 if keep is None else keep

@@ -8,6 +8,8 @@
 #              S4's upstream-eager baseline
 #   --stage 4  Toto 2.0: benchmark T3 (313m size) against upstream toto-2, float32 (upstream eager
 #              and compiled, ours eager and compiled) and bfloat16 (ours)
+#   --stage 5  live streams: an update against a fresh forecast at 512, 2,048 and 4,096 steps (1 and
+#              64 series), and 10,000 streams updated 2,500 at a time, float32
 # --dry: the same stage on the CPU at tiny sizes, time limits x5, to rehearse the plumbing without a GPU.
 # Each sub-step runs under `timeout` (SIGINT first: the benchmark prints its partial table),
 # its limit in the table below (LIMIT_<NAME> overrides); a failing or cut sub-step does not
@@ -25,7 +27,7 @@ PY=${PYTHON:-python3}
 RESULTS=${OUT:-$PWD/gpu_check_out}
 
 usage() {
-    echo "usage: bash scripts/gpu_check.sh --stage 1|2|3|4|all [--dry] [BENCH_ARGS...]" >&2
+    echo "usage: bash scripts/gpu_check.sh --stage 1|2|3|4|5|all [--dry] [BENCH_ARGS...]" >&2
     exit 2
 }
 stage="" dry=0
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         *) break ;;
     esac
 done
-case $stage in 1 | 2 | 3 | 4 | all) ;; *) echo "gpu_check.sh: error: --stage must be 1, 2, 3, 4 or all, got '${stage}'" >&2; usage ;; esac
+case $stage in 1 | 2 | 3 | 4 | 5 | all) ;; *) echo "gpu_check.sh: error: --stage must be 1, 2, 3, 4, 5 or all, got '${stage}'" >&2; usage ;; esac
 mkdir -p "$RESULTS" || exit 2
 failed=()
 
@@ -48,6 +50,7 @@ declare -A LIMIT=(
     [parity]=${LIMIT_PARITY:-125} [bench_bf16]=${LIMIT_BENCH_BF16:-75}
     [s4]=${LIMIT_S4:-90} [upstream]=${LIMIT_UPSTREAM:-45} [s4_baseline]=${LIMIT_S4_BASELINE:-65}
     [toto2_f32]=${LIMIT_TOTO2:-120} [toto2_bf16]=${LIMIT_TOTO2_BF16:-80}
+    [streams]=${LIMIT_STREAMS:-200}
 )
 
 say() {  # a line to stdout and the stage's log
@@ -94,8 +97,10 @@ EOF
     CHECK=(--model "$TINY")
     PARITY=(--tiny)
     TOTO2=(--toto2-workloads T1)
+    STREAMS=(--stream-contexts 64,128 --stream-rows 1,2 --stream-series 8 --stream-batch 4 --stream-throughput-context 64)
 else
     DEVICE=cuda REPEATS=3 SCALE=1 SIZE=() CHECK=() PARITY=() TOTO2=(--toto2-workloads T3)
+    STREAMS=(--stream-series 10000 --stream-batch 2500)
     S4_SIZE=(--s4-batch-size 256)  # all 256 series in one batch: one prefill graph to compile
 fi
 torch_line=$($PY -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}')")
@@ -143,11 +148,15 @@ stage4() {
         --toto2-runners upstream-eager,ours-compiled "$@"
 }
 
+stage5() {
+    bench "bench streams" "${LIMIT[streams]}" --streams --dtype float32 "${STREAMS[@]}" "$@"
+}
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_COMMIT:-unknown (no .git in this copy)}")
 [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && commit="$commit + uncommitted changes"
 gpu=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "none")
 stages=$stage
-[ "$stage" = all ] && stages="1 2 3 4"
+[ "$stage" = all ] && stages="1 2 3 4 5"
 for stage_now in $stages; do
     LOG=$RESULTS/stage$stage_now.log SUMMARY=$RESULTS/stage$stage_now.txt
     : >"$LOG"

@@ -40,11 +40,11 @@ def calls(tmp_path: Path) -> list[str]:
     return [line for line in (tmp_path / "calls").read_text().splitlines() if not line.startswith("-c ")]
 
 
-@pytest.mark.parametrize(("args", "message"), [([], "--stage must be"), (["--stage", "5"], "got '5'")])
+@pytest.mark.parametrize(("args", "message"), [([], "--stage must be"), (["--stage", "6"], "got '6'")])
 def test_a_stage_is_required(tmp_path, args, message):
     result = run_stage(tmp_path, *args)
     assert result.returncode == 2
-    assert message in result.stderr and "usage: bash scripts/gpu_check.sh --stage 1|2|3|4|all" in result.stderr
+    assert message in result.stderr and "usage: bash scripts/gpu_check.sh --stage 1|2|3|4|5|all" in result.stderr
 
 
 def test_stage_1_streams_each_step_and_records_a_cut_one(tmp_path):
@@ -100,3 +100,10 @@ def test_stage_4_benchmarks_toto2_in_both_dtypes(tmp_path):
     assert "--family toto2 --toto2-workloads T3 --dtype float32" in float32
     assert "--toto2-runners upstream-eager,upstream-compiled,ours-eager,ours-compiled" in float32
     assert "--family toto2 --toto2-workloads T3 --dtype bfloat16 --toto2-runners upstream-eager,ours-compiled" in bfloat16
+
+
+def test_stage_5_benchmarks_streams(tmp_path):
+    result = run_stage(tmp_path, "--stage", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (streams,) = calls(tmp_path)
+    assert "--streams --dtype float32 --stream-series 10000 --stream-batch 2500" in streams

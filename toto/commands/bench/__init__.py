@@ -176,12 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from .s4 import s4_memory
     from .suite import benchmark
 
-    config = PUBLISHED_CONFIG
-    if args.config:
-        try:
-            config = json.loads(args.config.read_text())
-        except (OSError, ValueError) as err:
-            raise UsageError(f"--config {args.config}: {err}") from None
+    config = _config(args) or PUBLISHED_CONFIG
     runners = args.runners
     if any(r.startswith("upstream") for r in runners) and not oracle_available(args.oracle):
         runners = [r for r in runners if not r.startswith("upstream")]
@@ -205,6 +200,16 @@ def run(args: argparse.Namespace) -> int:
     return worst_exit(report)
 
 
+def _config(args: argparse.Namespace) -> dict | None:
+    """--config's architecture, or None."""
+    if not args.config:
+        return None
+    try:
+        return json.loads(args.config.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--config {args.config}: {err}") from None
+
+
 def run_toto2_bench(args: argparse.Namespace) -> int:
     from .toto2 import run_toto2, table
 
@@ -217,12 +222,13 @@ def run_toto2_bench(args: argparse.Namespace) -> int:
 
 
 def run_streams_bench(args: argparse.Namespace) -> int:
+    from ...config import PUBLISHED_CONFIG
     from .streams import run_streams, table
 
     for option in ("stream_series", "stream_batch", "stream_throughput_context"):
         if getattr(args, option) < 1:
             raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
-    results = run_streams(args)
+    results = run_streams(args, _config(args) or PUBLISHED_CONFIG)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps({"streams": results}, indent=2))

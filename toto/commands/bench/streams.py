@@ -1,8 +1,8 @@
 """``bench --streams``: a live stream's update (append one patch, forecast one patch, mean)
 against a fresh forecast of the same context, and the throughput of many streams.
 
-Full-size random weights in the published layout, ours compiled as the device's default
-says. For each context length C, every round opens a stream on the first C - patch steps
+Full-size random weights in the published layout (or ``--config``'s architecture), ours
+compiled as the device's default says. For each context length C, every round opens a stream on the first C - patch steps
 (not timed), then times ``append`` of the last patch plus ``forecast``; the fresh call
 forecasts the whole C steps. Rounds interleave the two; the first round compiles.
 """
@@ -21,15 +21,15 @@ import torch
 from ..common import sync
 
 
-def run_streams(args: Any) -> dict[str, Any]:
+def run_streams(args: Any, config: dict) -> dict[str, Any]:
+    """``config``: the architecture (random weights), the published one unless --config names another."""
     from ...checkpoints.random_weights import write_checkpoint
-    from ...config import PUBLISHED_CONFIG
     from ...pipeline import TotoPipeline
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as folder:
-        checkpoint = write_checkpoint(Path(folder), PUBLISHED_CONFIG)
+        checkpoint = write_checkpoint(Path(folder), config)
         pipeline = TotoPipeline.from_pretrained(str(checkpoint), device_map=device, torch_dtype=dtype, torch_compile=True)
     patch = pipeline.family.patch_size
     forecaster = pipeline.family.forecaster
@@ -39,7 +39,7 @@ def run_streams(args: Any) -> dict[str, Any]:
         for context in args.stream_contexts:
             rows.append(_update_against_fresh(pipeline, forecaster, args, batch, context, rng))
     throughput = _throughput(pipeline, args, patch, rng)
-    return {"device": str(device), "dtype": args.dtype, "rows": rows, "throughput": throughput}
+    return {"device": str(device), "dtype": args.dtype, "patch_size": patch, "rows": rows, "throughput": throughput}
 
 
 def _update_against_fresh(pipeline: Any, forecaster: Any, args: Any, batch: int, context: int,
@@ -95,7 +95,8 @@ def _throughput(pipeline: Any, args: Any, patch: int, rng: np.random.Generator) 
 def table(results: dict[str, Any]) -> str:
     lines = [
         f"live streams, {results['device']}, {results['dtype']}: append one patch + forecast one patch (mean) "
-        "against a fresh forecast of the same context (medians of the later rounds)",
+        "against a fresh forecast of the same context (medians of the later rounds; the patch is "
+        f"{results['patch_size']} steps)",
         "",
         "| series | context | fresh forecast s | append + forecast s | ratio | first round (compiling) fresh / "
         "stream s | max rel. difference |",

@@ -239,3 +239,35 @@ def test_more_streams_than_fit_are_refused_with_the_bytes(pipeline, monkeypatch)
     pipeline.stream(np.stack([seasonal(4 * patch)[0]] * 10))  # ten series fit
     with pytest.raises(StreamError, match=r"11 series x 1 variates .* needs [\d.]+ .iB on cpu, but only [\d.]+ .iB"):
         pipeline.stream(np.stack([seasonal(4 * patch)[0]] * 11))
+
+
+def test_a_stream_runs_under_the_pipelines_autocast(tiny_checkpoint):
+    """With ``amp_dtype``, a stream computes as the pipeline's predict does (bfloat16 autocast)."""
+    amp = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=False,
+                                       amp_dtype=torch.bfloat16)  # fmt: skip
+    patch = amp.family.patch_size
+    full = seasonal(8 * patch, seed=11)[0]
+    stream = amp.stream(full[: 6 * patch])
+    stream.append(full[6 * patch :])
+    with torch.autocast("cpu", torch.bfloat16):
+        expected = fresh_mean(amp, full, patch)
+    plain = fresh_mean(amp, full, patch)  # float32
+    live = stream.forecast(patch).mean
+    # Cached and whole-context arithmetic round differently in bfloat16; the stream is bfloat16's.
+    assert rel(live, expected) <= 2e-3 and rel(live, plain) > 1e-5
+
+
+def test_scores_across_a_re_anchor(pipeline):
+    """An append that passes max_context cuts the window first, then scores the new steps
+    against the cut window's prediction, as the teacher-forced pass on that window does."""
+    patch = pipeline.family.patch_size
+    full = seasonal(12 * patch, seed=12)[0]
+    stream = pipeline.stream(full[: 8 * patch], max_context=8 * patch, keep=6 * patch)
+    scores = stream.append(full[8 * patch : 9 * patch + 5], score=True)
+    assert stream.reencodes == 2 and stream.context.shape[-1] == 6 * patch
+    window = full[9 * patch + 5 - 6 * patch : 9 * patch + 5]  # the window the stream now holds
+    # Cut to its last 6 patches less the 21 new steps (75 steps, left-padded by 5 to whole
+    # patches); the first new patch is scored on that grid, as a pass over cut + patch scores it.
+    (density,) = pipeline.log_likelihood(window[: 75 + patch])
+    np.testing.assert_allclose(scores.nll[0, 0, :patch].numpy(), -density[0, -patch:], rtol=1e-4)
+    assert scores.nll.shape == (1, 1, patch + 5) and torch.isfinite(scores.nll).all()

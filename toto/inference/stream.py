@@ -14,7 +14,8 @@ the new grid then holds for the appends that follow.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +47,16 @@ class TotoStream:
     it, the window is cut to its last ``keep`` steps and re-encoded once).
     """
 
-    def __init__(self, forecaster: "TotoForecaster", series: Tensor, *, max_context: int, keep: int, version: str):
+    def __init__(
+        self, forecaster: "TotoForecaster", series: Tensor, *, max_context: int, keep: int, version: str,
+        autocast_dtype: torch.dtype | None = None,
+    ):  # fmt: skip
         patch = forecaster.patch_size
         if not 0 < keep <= max_context:
             raise ValueError(f"keep must be in [1, max_context={max_context}], got {keep}")
         self._forecaster = forecaster
         self.max_context, self.keep, self.version = max_context, keep, version
+        self.autocast_dtype = autocast_dtype  # the pipeline's amp_dtype: the same arithmetic as its predict
         self.capacity = bucket_capacity(-(-max_context // patch) + 1)  # + 1: a left-padded first patch
         batch, variates, _ = series.shape
         model = forecaster.model
@@ -132,7 +137,7 @@ class TotoStream:
         with torch.random.fork_rng(devices=[self._forecaster.device] if self._forecaster.device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            with self._forecaster._lock:
+            with self._running():
                 paths = self._forecaster.decode_context(
                     self._buffers.context, self._patches, num_steps, num_samples, samples_per_batch, keep_context=True
                 )
@@ -170,7 +175,9 @@ class TotoStream:
         }
 
     @classmethod
-    def from_state(cls, forecaster: "TotoForecaster", state: dict[str, Any], version: str) -> "TotoStream":
+    def from_state(
+        cls, forecaster: "TotoForecaster", state: dict[str, Any], version: str, autocast_dtype: torch.dtype | None = None
+    ) -> "TotoStream":
         """A stream resumed from :meth:`state_dict` on ``forecaster``'s model; another model's or
         another version's state is refused, naming both."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -183,6 +190,7 @@ class TotoStream:
         stream = cls.__new__(cls)
         stream._forecaster = forecaster
         stream.max_context, stream.keep, stream.version = state["max_context"], state["keep"], version
+        stream.autocast_dtype = autocast_dtype
         patch = forecaster.patch_size
         stream.capacity = bucket_capacity(-(-stream.max_context // patch) + 1)
         window = state["window"]
@@ -200,6 +208,13 @@ class TotoStream:
         return stream
 
     # ------------------------------------------------------------------ internals
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """The forecaster's buffers and graphs to ourselves, under the pipeline's autocast."""
+        device = self._forecaster.device
+        with self._forecaster._lock, torch.autocast(device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            yield
 
     def _check_open(self) -> None:
         if self.closed:
@@ -226,7 +241,7 @@ class TotoStream:
         forecaster, stream = self._forecaster, self._buffers
         scores: list[StepScores] = []
         exact = True
-        with forecaster._lock:
+        with self._running():
             forecaster.model.refresh_fused_head()
             while True:
                 chunk = self._window[..., self._cached_steps : self._cached_steps + patch]
@@ -278,7 +293,7 @@ class TotoStream:
         ids = torch.zeros(window.shape[0], window.shape[1], total // patch, dtype=torch.long, device=device)
         first_real = first_observed_step(observed) // patch
         last = torch.tensor(num_patches - 1, device=device)
-        with forecaster._lock:
+        with self._running():
             forecaster.model.refresh_fused_head()
             self._buffers.context.state.cache.length = forecaster.model.num_prepended_tokens + num_patches
             forecaster._stream_prefill(forecaster.model, self._buffers, staged, observed, ids, last, first_real)

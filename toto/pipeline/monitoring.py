@@ -115,7 +115,8 @@ class MonitoringMethods:
         keep = max_context - max_context // 4 if keep is None else keep
         check_int("keep", keep)
         series, _ = normalize_context(context)
-        return TotoStream(self.family.forecaster, series, max_context=max_context, keep=keep, version=__version__)
+        return TotoStream(self.family.forecaster, series, max_context=max_context, keep=keep, version=__version__,
+                          autocast_dtype=self.amp_dtype)  # fmt: skip
 
     def stream_from_state(self, state: dict) -> TotoStream:
         """Resume a stream from its :meth:`~toto.inference.stream.TotoStream.state_dict` (after a
@@ -124,7 +125,7 @@ class MonitoringMethods:
 
         if self.family.output != "samples":
             raise ValueError(f"{self.family.name}: streams are for Toto 1.0")
-        return TotoStream.from_state(self.family.forecaster, state, __version__)
+        return TotoStream.from_state(self.family.forecaster, state, __version__, self.amp_dtype)
 
     def _per_series(self, series: Any, batch_size: int | None, score: Callable[[Any], Tensor]) -> list[np.ndarray]:
         """``score`` of the family's step predictions (:class:`~toto.inference.likelihood.StepPredictions`),

@@ -85,7 +85,7 @@ def test_stream_matches_the_oracle(tiny_checkpoint, record):
     grown = torch.cat((series, torch.zeros(1, 3, patch)), dim=-1)
     observed = torch.cat((~missing, torch.ones(1, 3, patch, dtype=torch.bool)), dim=-1)
     predicted = step_predictions(pipeline.family.model.model, grown, observed)
-    head = stream._buffers.context.head
+    head = stream._engine.buffers.context.head
     for name, ours_t, teacher in zip(("df", "loc", "scale", "logits"), head[:4],
                                      (predicted.mixture.df, predicted.mixture.loc, predicted.mixture.scale,
                                       predicted.mixture.logits)):  # fmt: skip
@@ -233,7 +233,7 @@ def test_more_streams_than_fit_are_refused_with_the_bytes(pipeline, monkeypatch)
 
     patch = pipeline.family.patch_size
     one = pipeline.stream(seasonal(4 * patch)[0])
-    expected = stream_module.stream_bytes(pipeline.family.forecaster, 1, 1, one.capacity)
+    expected = stream_module.stream_bytes(one._engine, 1, 1, one.capacity)
     assert one.nbytes() == expected + one.context.numel() * 4  # its buffers, plus the window on the CPU
     monkeypatch.setattr(stream_module, "available_bytes", lambda device: 10 * expected)
     pipeline.stream(np.stack([seasonal(4 * patch)[0]] * 10))  # ten series fit

@@ -1,7 +1,7 @@
-"""``TotoStream``: a live context whose KV cache and scaler state persist between calls.
+"""``LiveStream``: live series whose encoded past (KV cache, scaler state) persists between calls.
 
-Host bookkeeping only (Python ints, the raw window on the CPU); the tensor work is in
-:mod:`toto.inference.streaming`, compiled like the forecaster's steps.
+Host bookkeeping only (Python ints, the raw window on the CPU); what a model family computes
+is its engine's (:mod:`toto.inference.stream_engines`).
 
 The cache holds whole patches on a grid set when the context was last encoded: a context
 of ``n`` steps is left-padded to whole patches, as a fresh call pads it. Appended steps
@@ -14,23 +14,14 @@ the new grid then holds for the appends that follow.
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.util.dataset import fill_missing, first_observed_step, padded_length
 from .capacity import bucket_capacity
-from ..model.distribution import MixtureOfStudentT
-from .forecaster import Forecast
-from .likelihood import StepPredictions, StepScores
+from .likelihood import StepScores
 from .memory import available_bytes, format_bytes
-from .streaming import StreamBuffers
-
-if TYPE_CHECKING:
-    from .forecaster import TotoForecaster
 
 STATE_FORMAT = "toto-stream/1"
 
@@ -39,36 +30,34 @@ class StreamError(ValueError):
     """A stream refused a call; the stream is unchanged."""
 
 
-class TotoStream:
+class LiveStream:
     """Series (``[batch, variate, time]``, NaN missing) whose forecasts reuse their encoded past.
 
     :meth:`append` takes new steps, :meth:`forecast` equals a fresh forecast of :attr:`context`
     (the window the stream holds: at most ``max_context`` steps; when an append would pass
-    it, the window is cut to its last ``keep`` steps and re-encoded once).
+    it, the window is cut to its last ``keep`` steps and re-encoded once). ``engine``: the
+    model family's side (:mod:`toto.inference.stream_engines`).
     """
 
-    def __init__(
-        self, forecaster: "TotoForecaster", series: Tensor, *, max_context: int, keep: int, version: str,
-        autocast_dtype: torch.dtype | None = None,
-    ):  # fmt: skip
-        patch = forecaster.patch_size
+    def __init__(self, engine: Any, series: Tensor, *, max_context: int, keep: int, version: str):
         if not 0 < keep <= max_context:
             raise ValueError(f"keep must be in [1, max_context={max_context}], got {keep}")
-        self._forecaster = forecaster
-        self.max_context, self.keep, self.version = max_context, keep, version
-        self.autocast_dtype = autocast_dtype  # the pipeline's amp_dtype: the same arithmetic as its predict
-        self.capacity = bucket_capacity(-(-max_context // patch) + 1)  # + 1: a left-padded first patch
+        self._setup(engine, max_context, keep, version, reencodes=0)
         batch, variates, _ = series.shape
-        model = forecaster.model
-        check_stream_memory(forecaster, batch, variates, self.capacity)
-        self._buffers = StreamBuffers.allocate(model, batch, variates, self.capacity, forecaster._data_dtype(), forecaster.device)
+        check_stream_memory(engine, batch, variates, self.capacity)
+        engine.allocate(batch, variates, self.capacity)
         self._window = series[..., -max_context:].float().cpu().clone()
-        self._cached_steps = 0  # steps of the window that the cache holds (the rest are pending)
-        self._patches = 0  # patches in the cache (host mirror of the position tensor)
-        self.closed = False
-        self.reencodes = 0  # how often the window was encoded whole (first prefill included)
-        self._snapshot: dict[str, Any] | None = None  # during an append: what a failure restores
         self._encode(self._window)
+
+    def _setup(self, engine: Any, max_context: int, keep: int, version: str, reencodes: int) -> None:
+        self._engine = engine
+        self.max_context, self.keep, self.version = max_context, keep, version
+        self.capacity = bucket_capacity(-(-max_context // engine.patch_size) + 1)  # + 1: a left-padded first patch
+        self._cached_steps = 0  # steps of the window that the cache holds (the rest are pending)
+        self._patches = 0  # patches in the cache
+        self.closed = False
+        self.reencodes = reencodes  # how often the window was encoded whole (first encoding included)
+        self._snapshot: dict[str, Any] | None = None  # during an append: what a failure restores
 
     # ------------------------------------------------------------------ public
 
@@ -103,11 +92,10 @@ class TotoStream:
         """
         self._check_open()
         new = self._checked_values(values)
-        patch = self._forecaster.patch_size
         snapshot = self._snapshot = self._take_snapshot()
         try:
             if self._window.shape[-1] + new.shape[-1] > self.max_context:
-                self._encode(self._window[..., -max(self.keep - new.shape[-1], patch) :])
+                self._encode(self._window[..., -max(self.keep - new.shape[-1], self._engine.patch_size) :])
             first_new = self._window.shape[-1]
             self._window = torch.cat((self._window, new), dim=-1)
             scores = self._append_patches(first_new if score else None)
@@ -123,38 +111,29 @@ class TotoStream:
     @torch.no_grad()
     def forecast(
         self, prediction_length: int, num_samples: int | None = None, samples_per_batch: int = 256, seed: int | None = None
-    ) -> Forecast:
-        """What a fresh ``forecast`` of :attr:`context` gives: the mean path (``num_samples=None``)
-        or sample paths (``samples`` ``[batch, variate, prediction_length, num_samples]``)."""
+    ) -> Any:
+        """What a fresh forecast of :attr:`context` gives. Toto 1.0: a
+        :class:`~toto.inference.forecaster.Forecast`, the mean path (``num_samples=None``) or
+        sample paths (``samples`` ``[batch, variate, prediction_length, num_samples]``). Toto
+        2.0: :class:`~toto.inference.stream_engines.StreamQuantiles` (no samples or seed)."""
         self._check_open()
         for name, value in (("prediction_length", prediction_length), ("samples_per_batch", samples_per_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.pending:
             self._encode(self._window)  # the grid a fresh call on this length uses
-        patch = self._forecaster.patch_size
-        num_steps = -(-prediction_length // patch)
-        with torch.random.fork_rng(devices=[self._forecaster.device] if self._forecaster.device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            with self._running():
-                paths = self._forecaster.decode_context(
-                    self._buffers.context, self._patches, num_steps, num_samples, samples_per_batch, keep_context=True
-                )
-        if num_samples is None:
-            return Forecast(mean=paths[..., :prediction_length].float().cpu())
-        samples = paths.unflatten(0, (-1, self.batch))[..., :prediction_length].permute(1, 2, 3, 0).float().cpu()
-        return Forecast(mean=samples.mean(dim=-1), samples=samples)
+        with self._engine.running():
+            return self._engine.forecast(self._patches, prediction_length, num_samples, samples_per_batch, seed)
 
     def close(self) -> None:
         """Free the stream's buffers; later calls raise."""
         self.closed = True
-        self._buffers = None  # type: ignore[assignment]
+        self._engine = None
 
     def nbytes(self) -> int:
         """Bytes the stream holds on its device (KV cache and state) plus its window on the CPU."""
         self._check_open()
-        return sum(t.numel() * t.element_size() for t in self._buffers.tensors()) + self._window.numel() * 4
+        return sum(t.numel() * t.element_size() for t in self._engine.tensors()) + self._window.numel() * 4
 
     # ------------------------------------------------------------------ persistence
 
@@ -164,57 +143,42 @@ class TotoStream:
         return {
             "format": STATE_FORMAT,
             "version": self.version,
-            "model": model_fingerprint(self._forecaster.model),
+            "model": model_fingerprint(self._engine.model),
             "max_context": self.max_context,
             "keep": self.keep,
             "window": self._window.clone(),
             "cached_steps": self._cached_steps,
             "patches": self._patches,
             "reencodes": self.reencodes,
-            "buffers": [t.detach().cpu().clone() for t in self._buffers.tensors()],
+            "engine": self._engine.options(),
+            "buffers": [t.detach().cpu().clone() for t in self._engine.tensors()],
         }
 
     @classmethod
-    def from_state(
-        cls, forecaster: "TotoForecaster", state: dict[str, Any], version: str, autocast_dtype: torch.dtype | None = None
-    ) -> "TotoStream":
-        """A stream resumed from :meth:`state_dict` on ``forecaster``'s model; another model's or
-        another version's state is refused, naming both."""
+    def from_state(cls, engine: Any, state: dict[str, Any], version: str) -> "LiveStream":
+        """A stream resumed from :meth:`state_dict` on ``engine``'s model (made with the state's
+        ``engine`` options); another model's or another version's state is refused, naming both."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise StreamError(f"not a stream state (expected format {STATE_FORMAT!r})")
         if state["version"] != version:
             raise StreamError(f"stream state from toto-compiled {state['version']}; this is toto-compiled {version}")
-        ours = model_fingerprint(forecaster.model)
+        ours = model_fingerprint(engine.model)
         if state["model"] != ours:
             raise StreamError(f"stream state from model {state['model']}; this pipeline's model is {ours}")
         stream = cls.__new__(cls)
-        stream._forecaster = forecaster
-        stream.max_context, stream.keep, stream.version = state["max_context"], state["keep"], version
-        stream.autocast_dtype = autocast_dtype
-        patch = forecaster.patch_size
-        stream.capacity = bucket_capacity(-(-stream.max_context // patch) + 1)
+        stream._setup(engine, state["max_context"], state["keep"], version, state["reencodes"])
         window = state["window"]
-        stream._buffers = StreamBuffers.allocate(forecaster.model, window.shape[0], window.shape[1], stream.capacity,
-                                                 forecaster._data_dtype(), forecaster.device)  # fmt: skip
-        targets = stream._buffers.tensors()
+        targets = engine.allocate(window.shape[0], window.shape[1], stream.capacity)
         if len(targets) != len(state["buffers"]) or any(t.shape != s.shape for t, s in zip(targets, state["buffers"])):
             raise StreamError("stream state does not match this model's buffers")
         for target, saved in zip(targets, state["buffers"]):
             target.copy_(saved)
         stream._window = window.clone()
         stream._cached_steps, stream._patches = state["cached_steps"], state["patches"]
-        stream._buffers.context.state.cache.length = forecaster.model.num_prepended_tokens + stream._patches
-        stream.closed, stream.reencodes, stream._snapshot = False, state["reencodes"], None
+        engine.set_patches(stream._patches)
         return stream
 
     # ------------------------------------------------------------------ internals
-
-    @contextmanager
-    def _running(self) -> Iterator[None]:
-        """The forecaster's buffers and graphs to ourselves, under the pipeline's autocast."""
-        device = self._forecaster.device
-        with self._forecaster._lock, torch.autocast(device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            yield
 
     def _check_open(self) -> None:
         if self.closed:
@@ -235,108 +199,78 @@ class TotoStream:
         return new
 
     def _append_patches(self, first_new: int | None) -> StepScores | None:
-        """One cached step per whole patch now available; re-encode if the clamp moved. With
-        ``first_new`` (the window index of the first new step), the new steps' scores."""
-        patch = self._forecaster.patch_size
-        forecaster, stream = self._forecaster, self._buffers
+        """One cached step per whole patch now available; re-encode if the engine says a step
+        was not exact. With ``first_new`` (the window index of the first new step), the new
+        steps' scores."""
+        engine, patch = self._engine, self._engine.patch_size
         scores: list[StepScores] = []
         exact = True
-        with self._running():
-            forecaster.model.refresh_fused_head()
+        with engine.running():
             while True:
                 chunk = self._window[..., self._cached_steps : self._cached_steps + patch]
                 if first_new is not None:
-                    scores.append(self._head_scores(chunk, max(0, first_new - self._cached_steps)))
+                    scores.append(engine.head_scores(chunk, max(0, first_new - self._cached_steps)))
                 if chunk.shape[-1] < patch:
                     break
-                observed = ~torch.isnan(chunk)
-                values = torch.nan_to_num(chunk).to(device=forecaster.device, dtype=forecaster._data_dtype())
-                stream.context.state.cache.advance(1)
-                forecaster._stream_step(forecaster.model, stream, values, observed.to(forecaster.device))
+                exact = engine.step(chunk, self._patches) and exact
                 self._cached_steps += patch
                 self._patches += 1
-                exact = exact and bool(stream.exact.all())
         if not exact:  # an earlier patch's clamp moved: encode the cached part afresh
             self._encode(self._window[..., : self._cached_steps], keep_window=True)
         if first_new is None:
             return None
         return StepScores(*(torch.cat(parts, dim=-1) for parts in zip(*scores)))
 
-    def _head_scores(self, chunk: Tensor, skip: int) -> StepScores:
-        """Scores of ``chunk[..., skip:]`` (steps of the next patch) under the current head."""
-        head = self._buffers.context.head
-        steps = chunk.shape[-1]
-        values = chunk[..., skip:].to(head.affine_loc.device)
-        mixture = MixtureOfStudentT(*(t[..., skip:steps, :] for t in head[:4]))
-        predictions = StepPredictions(mixture, head.affine_loc.float().expand_as(values),
-                                      head.affine_scale.float().expand_as(values), torch.nan_to_num(values),
-                                      ~torch.isnan(values))  # fmt: skip
-        return StepScores(-predictions.log_density().cpu(), predictions.tail_probability().cpu())
-
     @torch.no_grad()
     def _encode(self, window: Tensor, keep_window: bool = False) -> None:
         """Encode ``window`` whole on its own grid; the stream's window becomes it (unless ``keep_window``)."""
-        forecaster = self._forecaster
-        patch = forecaster.patch_size
-        series, missing = fill_missing(window)
-        if (~(~missing).any(-1)).any():
+        if (~(~torch.isnan(window)).any(-1)).any():
             raise StreamError("every series needs an observed value in the window")
         if self._snapshot is not None and "cache" not in self._snapshot:  # an append in progress
-            self._snapshot["cache"] = [t.clone() for t in self._buffers.context.state.cache.tensors()]
-        num_patches = -(-window.shape[-1] // patch)
-        left = padded_length(window.shape[-1], patch) - window.shape[-1]
-        # Compiled, the window is padded to the whole capacity: one static shape (as the forecaster does).
-        total = (self.capacity if forecaster._stream_prefill.active else num_patches) * patch
-        device, dtype = forecaster.device, forecaster._data_dtype()
-        staged = F.pad(series, (left, total - left - window.shape[-1])).to(device=device, dtype=dtype)
-        observed = F.pad(~missing, (left, total - left - window.shape[-1])).to(device)
-        ids = torch.zeros(window.shape[0], window.shape[1], total // patch, dtype=torch.long, device=device)
-        first_real = first_observed_step(observed) // patch
-        last = torch.tensor(num_patches - 1, device=device)
-        with self._running():
-            forecaster.model.refresh_fused_head()
-            self._buffers.context.state.cache.length = forecaster.model.num_prepended_tokens + num_patches
-            forecaster._stream_prefill(forecaster.model, self._buffers, staged, observed, ids, last, first_real)
+            self._snapshot["cache"] = [t.clone() for t in self._engine.cache_tensors()]
+        with self._engine.running():
+            patches = self._engine.encode(window, self.capacity)
         if not keep_window:
             self._window = window.clone()
         self._cached_steps = window.shape[-1]
-        self._patches = num_patches
+        self._patches = patches
         self.reencodes += 1
 
     def _take_snapshot(self) -> dict[str, Any]:
         """The state an append may change, but for the KV cache: a cached step writes only slots
         past the context, which nothing reads; an encode saves the cache first (:meth:`_encode`)."""
-        cache = {id(t) for t in self._buffers.context.state.cache.tensors()}
+        cache = {id(t) for t in self._engine.cache_tensors()}
         return {
-            "tensors": [None if id(t) in cache else t.clone() for t in self._buffers.tensors()],
-            "host": (self._window, self._cached_steps, self._patches, self.reencodes,
-                     self._buffers.context.state.cache.length),  # fmt: skip
+            "tensors": [None if id(t) in cache else t.clone() for t in self._engine.tensors()],
+            "rewritten": self._engine.step_snapshot(self._patches),  # context slots a step rewrites
+            "host": (self._window, self._cached_steps, self._patches, self.reencodes),
         }
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
-        for target, saved in zip(self._buffers.tensors(), snapshot["tensors"]):
+        for target, saved in zip(self._engine.tensors(), snapshot["tensors"]):
             if saved is not None:
                 target.copy_(saved)
-        for target, saved in zip(self._buffers.context.state.cache.tensors(), snapshot.get("cache", ())):
+        for target, saved in zip(self._engine.cache_tensors(), snapshot.get("cache", ())):
             target.copy_(saved)
-        self._window, self._cached_steps, self._patches, self.reencodes, length = snapshot["host"]
-        self._buffers.context.state.cache.length = length
+        self._window, self._cached_steps, self._patches, self.reencodes = snapshot["host"]
+        if "cache" not in snapshot:  # the whole cache came back above, rewritten slots included
+            self._engine.restore_step(snapshot["rewritten"], self._patches)
+        self._engine.set_patches(self._patches)
 
 
-def stream_bytes(forecaster: "TotoForecaster", batch: int, variates: int, capacity: int) -> int:
+def stream_bytes(engine: Any, batch: int, variates: int, capacity: int) -> int:
     """Device bytes of a stream's buffers (KV cache and state), measured on the meta device."""
-    meta = StreamBuffers.allocate(forecaster.model, batch, variates, capacity, forecaster._data_dtype(), "meta")
-    return sum(t.numel() * t.element_size() for t in meta.tensors())
+    return sum(t.numel() * t.element_size() for t in engine.allocate(batch, variates, capacity, device="meta"))
 
 
-def check_stream_memory(forecaster: "TotoForecaster", batch: int, variates: int, capacity: int) -> None:
+def check_stream_memory(engine: Any, batch: int, variates: int, capacity: int) -> None:
     """Refuse a stream whose buffers do not fit in what the device can still give, naming both."""
-    needed = stream_bytes(forecaster, batch, variates, capacity)
-    available = available_bytes(forecaster.device)
+    needed = stream_bytes(engine, batch, variates, capacity)
+    available = available_bytes(engine.device)
     if available is not None and needed > available:
         raise StreamError(
             f"a stream of {batch} series x {variates} variates (a cache of {capacity} patches) needs "
-            f"{format_bytes(needed)} on {forecaster.device}, but only {format_bytes(available)} is available"
+            f"{format_bytes(needed)} on {engine.device}, but only {format_bytes(available)} is available"
         )
 
 
@@ -347,4 +281,3 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         values = tensor.detach().double()
         digest.update(f"{name}{tuple(tensor.shape)}{values.sum().item():.17g}{values.abs().sum().item():.17g}".encode())
     return f"{type(model).__name__}:{digest.hexdigest()[:16]}"
-

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..arguments import as_float_tensor, check_int
 from ..inference.inputs import mask_missing
-from ..inference.stream import TotoStream
+from ..inference.stream import LiveStream
 from .batching import _autocast
 from .inputs import normalize_context
 
@@ -100,32 +100,41 @@ class MonitoringMethods:
                                        false_alarm_rate=rate, batch_size=batch_size)  # fmt: skip
         return anomaly_frame(panel, [(s.nll, s.tail_probability, s.anomaly) for s in scores])
 
-    def stream(self, context: Any, *, max_context: int | None = None, keep: int | None = None) -> TotoStream:
-        """A live :class:`~toto.inference.stream.TotoStream` of ``context`` (read as :meth:`predict`
+    def stream(
+        self, context: Any, *, max_context: int | None = None, keep: int | None = None, max_horizon: int = 1024
+    ) -> LiveStream:
+        """A :class:`~toto.inference.stream.LiveStream` of ``context`` (read as :meth:`predict`
         reads it): ``append`` new steps, then ``forecast`` as a fresh call on the whole context
         would, at the cost of one cached step per new patch. ``max_context`` (default: the
         model's, 4,096 steps) bounds the window it holds; past it, the window is cut to its last
-        ``keep`` steps (default: three quarters of ``max_context``) and encoded once. Toto 1.0 only."""
+        ``keep`` steps (default: three quarters of ``max_context``) and encoded once.
+        ``max_horizon``: Toto 2.0 only, the longest forecast its buffers hold room for."""
         from .. import __version__
 
-        if self.family.output != "samples":
-            raise ValueError(f"{self.family.name}: streams are Toto 1.0's for now (Toto 2.0's are not built yet)")
         max_context = self.family.max_context if max_context is None else max_context
         check_int("max_context", max_context)
         keep = max_context - max_context // 4 if keep is None else keep
         check_int("keep", keep)
         series, _ = normalize_context(context)
-        return TotoStream(self.family.forecaster, series, max_context=max_context, keep=keep, version=__version__,
-                          autocast_dtype=self.amp_dtype)  # fmt: skip
+        engine = self._stream_engine({"decode_block_size": getattr(self.family, "decode_block_size", None),
+                                      "max_horizon": max_horizon})  # fmt: skip
+        return LiveStream(engine, series, max_context=max_context, keep=keep, version=__version__)
 
-    def stream_from_state(self, state: dict) -> TotoStream:
-        """Resume a stream from its :meth:`~toto.inference.stream.TotoStream.state_dict` (after a
+    def stream_from_state(self, state: dict) -> LiveStream:
+        """Resume a stream from its :meth:`~toto.inference.stream.LiveStream.state_dict` (after a
         restart, say); a state of another model or package version is refused, naming both."""
         from .. import __version__
 
-        if self.family.output != "samples":
-            raise ValueError(f"{self.family.name}: streams are for Toto 1.0")
-        return TotoStream.from_state(self.family.forecaster, state, __version__, self.amp_dtype)
+        options = state.get("engine", {}) if isinstance(state, dict) else {}
+        return LiveStream.from_state(self._stream_engine(options), state, __version__)
+
+    def _stream_engine(self, options: dict) -> Any:
+        from ..inference.stream_engines import Toto1Engine, Toto2Engine
+
+        if self.family.output == "samples":
+            return Toto1Engine(self.family.forecaster, self.amp_dtype)
+        return Toto2Engine(self.family.forecaster, options.get("decode_block_size"), options.get("max_horizon", 1024),
+                           self.amp_dtype)  # fmt: skip
 
     def _per_series(self, series: Any, batch_size: int | None, score: Callable[[Any], Tensor]) -> list[np.ndarray]:
         """``score`` of the family's step predictions (:class:`~toto.inference.likelihood.StepPredictions`),

@@ -46,6 +46,46 @@ def decode_block(
     upstream's (last position of its call + 1) // 2.
     """
     patch = model.patch_size
+    x, time_mask, variate_mask, turn, slots, steps, loc, scale = _call_inputs(model, buffers, start, offset, center, tokens)
+    # The token before each unknown patch forecasts it: only those are computed to the end.
+    hidden = model.transformer(x, time_mask, variate_mask, turn, buffers.caches, slots, outputs=block + 1)
+    head = model.output_head(hidden[..., :-1, :])[..., :patch, :].float()
+    new_loc, new_scale = loc[..., -block:, None, None], scale[..., -block:, None, None]
+    quantiles = head.sinh() * new_scale + new_loc  # [batch, variate, block, step, quantile]
+    quantiles = clamp_infinities(quantiles).sort(dim=-1).values
+    medians = quantiles[..., MEDIAN].flatten(-2)
+    new_steps = steps[-block * patch :]
+    buffers.values.index_copy_(-1, new_steps, medians)
+    buffers.observed.index_fill_(-1, new_steps, True)
+    return rearrange(quantiles, "batch variate block step quantile -> quantile batch variate block step")
+
+
+def encode_slots(
+    model: Toto2Model,
+    buffers: BlockBuffers,
+    start: Int[Tensor, ""],
+    offset: Int[Tensor, ""],
+    center: Int[Tensor, ""],
+    tokens: int,
+    last: Int[Tensor, ""],
+) -> Float[Tensor, "batch variate step quantile"]:
+    """Encode ``tokens`` slots from ``start`` as they stand (writing their keys and values), and
+    return the knots of the patch after slot ``last``, forecast from it (a live stream's step)."""
+    patch = model.patch_size
+    x, time_mask, variate_mask, turn, slots, _, loc, scale = _call_inputs(model, buffers, start, offset, center, tokens)
+    hidden = model.transformer(x, time_mask, variate_mask, turn, buffers.caches, slots)
+    at = (last - start).reshape(1)
+    head = model.output_head(hidden.index_select(-2, at))[..., :patch, :].float()  # [batch, variate, 1, step, quantile]
+    # The next patch is unobserved: its statistics are those through ``last``.
+    knots = head.sinh() * scale.index_select(-1, at)[..., None, None] + loc.index_select(-1, at)[..., None, None]
+    return clamp_infinities(knots).sort(dim=-1).values[..., 0, :, :]
+
+
+def _call_inputs(
+    model: Toto2Model, buffers: BlockBuffers, start: Tensor, offset: Tensor, center: Tensor, tokens: int
+) -> tuple[Tensor, ...]:
+    """A call's embedded tokens, masks, rotation, slots, steps and per-slot loc and scale."""
+    patch = model.patch_size
     config = model.config
     slots = start + torch.arange(tokens, device=start.device)
     loc, scale = patch_statistics(buffers.values, buffers.observed, patch)  # [batch, variate, all patches]
@@ -61,17 +101,7 @@ def decode_block(
     all_slots = torch.arange(buffers.groups.shape[-1], device=slots.device)
     time_mask, variate_mask = group_masks(buffers.groups, slots, all_slots)
     turn = rotation(slots - offset, center, config.qk_dim // 2, config.use_xpos)
-    # The token before each unknown patch forecasts it: only those are computed to the end.
-    hidden = model.transformer(x, time_mask, variate_mask, turn, buffers.caches, slots, outputs=block + 1)
-    head = model.output_head(hidden[..., :-1, :])[..., :patch, :].float()
-    new_loc, new_scale = loc[..., -block:, None, None], scale[..., -block:, None, None]
-    quantiles = head.sinh() * new_scale + new_loc  # [batch, variate, block, step, quantile]
-    quantiles = clamp_infinities(quantiles).sort(dim=-1).values
-    medians = quantiles[..., MEDIAN].flatten(-2)
-    new_steps = steps[-block * patch :]
-    buffers.values.index_copy_(-1, new_steps, medians)
-    buffers.observed.index_fill_(-1, new_steps, True)
-    return rearrange(quantiles, "batch variate block step quantile -> quantile batch variate block step")
+    return x, time_mask, variate_mask, turn, slots, steps, loc, scale
 
 
 def clamp_infinities(x: Float[Tensor, "... step quantile"]) -> Tensor:

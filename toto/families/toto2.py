@@ -15,6 +15,7 @@ from torch import Tensor
 from ..checkpoints.reading import CheckpointFiles
 from ..checkpoints.writing import save_pretrained
 from ..compile.policy import CompileOptions
+from ..data.util.dataset import fill_missing
 from ..inference.quantile_scores import QuantileStepPredictions, quantile_step_predictions
 from ..inference.toto2_forecaster import DEFAULT_DECODE_BLOCK_SIZE, Toto2Forecaster, check_block_size
 from ..toto2.config import QUANTILE_LEVELS, TRAINED_CONTEXT, Toto2Config
@@ -28,11 +29,7 @@ def fill_forward(series: Tensor, observed: Tensor) -> Tensor:
     """Each unobserved value replaced by the last observed one before it (0 before the first),
     as upstream's GluonTS wrapper does; they stay unobserved, but the model reads the
     context's last patch as observed."""
-    steps = torch.arange(series.shape[-1], device=series.device).expand_as(series)
-    last_seen = torch.where(observed, steps, 0).cummax(-1).values
-    filled = series.gather(-1, last_seen)
-    seen_any = observed.cumsum(-1) > 0
-    return torch.where(observed, series, torch.where(seen_any, filled, 0.0))
+    return fill_missing(torch.where(observed, series, torch.nan))[0]
 
 
 class Toto2Family(ForecasterBacked, ModelFamily):

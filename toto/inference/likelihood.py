@@ -49,9 +49,7 @@ class StepPredictions(NamedTuple):
     def tail_probability(self) -> Float[Tensor, "batch variate time"]:
         """Two-sided ``2 min(F(x), 1 - F(x))`` of each value under its predictive mixture (CDF F);
         NaN where not scored. Needs scipy (extra ``toto-compiled[monitoring]``)."""
-        cdf = mixture_cdf(self.mixture, self.scaled())
-        tail = 2 * torch.minimum(cdf, 1 - cdf)
-        return torch.where(self.scored, tail.clamp(max=1.0), torch.nan)
+        return two_sided(mixture_cdf(self.mixture, self.scaled()), self.scored)
 
 
 class StepScores(NamedTuple):
@@ -91,6 +89,11 @@ def step_predictions(
     scored[..., :patch] = False
     return StepPredictions(mixture.last_steps(length), loc[..., left:], scale[..., left:] + EPS,
                            values[..., left:].float(), scored[..., left:])  # fmt: skip
+
+
+def two_sided(cdf: Tensor, scored: Tensor) -> Tensor:
+    """The two-sided tail probability ``2 min(F, 1 - F)`` of CDF values; NaN where not ``scored``."""
+    return torch.where(scored, (2 * torch.minimum(cdf, 1 - cdf)).clamp(max=1.0), torch.nan)
 
 
 def mixture_cdf(mixture: MixtureOfStudentT, value: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from ..data.util.dataset import padded_length
 from ..toto2.config import QUANTILE_LEVELS
 from ..toto2.decoding import clamp_infinities
 from ..toto2.model import Toto2Model
+from .likelihood import two_sided
 
 
 class QuantileStepPredictions(NamedTuple):
@@ -37,8 +38,7 @@ class QuantileStepPredictions(NamedTuple):
 
     def tail_probability(self) -> Float[Tensor, "batch variate time"]:
         """Two-sided ``2 min(F(x), 1 - F(x))`` under :func:`knot_cdf`; NaN where not scored."""
-        cdf = knot_cdf(self.knots.double(), self.levels, self.values.double())
-        return torch.where(self.scored, (2 * torch.minimum(cdf, 1 - cdf)).clamp(max=1.0), torch.nan)
+        return two_sided(knot_cdf(self.knots.double(), self.levels, self.values.double()), self.scored)
 
 
 def knot_cdf(knots: Tensor, levels: Sequence[float], x: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..arguments import check_int
 from .capacity import bucket_capacity
 from .likelihood import StepScores
 from .memory import available_bytes, format_bytes
@@ -117,9 +118,8 @@ class LiveStream:
         sample paths (``samples`` ``[batch, variate, prediction_length, num_samples]``). Toto
         2.0: :class:`~toto.inference.stream_engines.StreamQuantiles` (no samples or seed)."""
         self._check_open()
-        for name, value in (("prediction_length", prediction_length), ("samples_per_batch", samples_per_batch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("prediction_length", prediction_length)
+        check_int("samples_per_batch", samples_per_batch)
         if self.pending:
             self._encode(self._window)  # the grid a fresh call on this length uses
         with self._engine.running():

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..arguments import check_int
 from ..compile.policy import CompiledFunction
 from ..data.util.dataset import fill_missing, first_observed_step, padded_length
 from ..model.distribution import MixtureOfStudentT
@@ -180,8 +181,7 @@ class Toto2Engine(StreamEngine):
         autocast_dtype: torch.dtype | None = None,
     ):  # fmt: skip
         check_block_size(decode_block_size, forecaster.patch_size)
-        if isinstance(max_horizon, bool) or not isinstance(max_horizon, int) or max_horizon < 1:
-            raise ValueError(f"max_horizon must be a positive int, got {max_horizon!r}")
+        check_int("max_horizon", max_horizon)
         super().__init__(forecaster, autocast_dtype)
         self.decode_block_size, self.max_horizon = decode_block_size, max_horizon
         self.buffers: Any = None

@@ -16,12 +16,11 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..arguments import check_int
 from ..compile.policy import CompiledFunction
-from ..data.util.dataset import fill_missing, first_observed_step, padded_length
+from ..data.util.dataset import fill_missing, first_observed_step
 from ..model.distribution import MixtureOfStudentT
 from ..toto2.config import QUANTILE_LEVELS
 from ..toto2.decoding import encode_slots
@@ -29,7 +28,7 @@ from .forecaster import Forecast, TotoForecaster
 from .likelihood import StepPredictions, StepScores
 from .quantile_scores import QuantileStepPredictions
 from .streaming import StreamBuffers
-from .toto2_forecaster import BlockPlan, Toto2Forecaster, allocate, check_block_size
+from .toto2_forecaster import BlockPlan, Toto2Forecaster, allocate, check_block_size, fill_context
 
 
 class StreamEngine:
@@ -103,17 +102,15 @@ class Toto1Engine(StreamEngine):
         forecaster, patch = self.forecaster, self.patch_size
         series, missing = fill_missing(window)
         patches = -(-window.shape[-1] // patch)
-        left = padded_length(window.shape[-1], patch) - window.shape[-1]
-        # Compiled, the window is padded to the whole capacity: one static shape (as the forecaster does).
-        total = (capacity if forecaster._stream_prefill.active else patches) * patch
-        device, dtype = self.device, forecaster._data_dtype()
-        staged = F.pad(series, (left, total - left - window.shape[-1])).to(device=device, dtype=dtype)
-        observed = F.pad(~missing, (left, total - left - window.shape[-1])).to(device)
-        ids = torch.zeros(window.shape[0], window.shape[1], total // patch, dtype=torch.long, device=device)
-        first_real = first_observed_step(observed) // patch
+        device = self.device
+        series, observed = series.to(device=device, dtype=forecaster._data_dtype()), (~missing).to(device)
+        # Staged as the forecaster stages a context; compiled, padded to the whole capacity (one static shape).
+        staged = forecaster._stage(series, observed, torch.zeros_like(series, dtype=torch.long),
+                                   capacity if forecaster._stream_prefill.active else patches)  # fmt: skip
+        first_real = first_observed_step(staged[1]) // patch
         last = torch.tensor(patches - 1, device=device)
         self.set_patches(patches)
-        forecaster._stream_prefill(forecaster.model, self.buffers, staged, observed, ids, last, first_real)
+        forecaster._stream_prefill(forecaster.model, self.buffers, *staged, last, first_real)
         return patches
 
     def step(self, chunk: Tensor, patches: int) -> bool:
@@ -238,18 +235,11 @@ class Toto2Engine(StreamEngine):
             yield
 
     def encode(self, window: Tensor, capacity: int) -> int:
-        patch, buffers = self.patch_size, self.buffers
+        patches = -(-window.shape[-1] // self.patch_size)
         series, missing = fill_missing(window)
-        patches = -(-window.shape[-1] // patch)
-        left = patches * patch - window.shape[-1]
-        for t in (buffers.values, buffers.observed, buffers.groups):
-            t.zero_()
-        buffers.values[..., left : patches * patch] = series.to(self.device)
-        buffers.observed[..., left : patches * patch] = (~missing).to(self.device)
-        self.last_mask.copy_(buffers.observed[..., (patches - 1) * patch : patches * patch])
-        buffers.observed[..., (patches - 1) * patch : patches * patch] = True  # upstream's rule, as a fresh call
-        seen = buffers.observed[..., : patches * patch].unflatten(-1, (-1, patch)).any(-1)
-        buffers.groups[..., :patches] = torch.where(seen, 0, -1)
+        true_mask = fill_context(self.buffers, series.to(self.device), (~missing).to(self.device), patches,
+                                 self.patch_size)  # fmt: skip
+        self.last_mask.copy_(true_mask)
         tokens = capacity if self._encode_slots.active else patches  # static when compiled
         self.head.copy_(self._call_encode(0, tokens, patches - 1))
         return patches
@@ -297,16 +287,11 @@ class Toto2Engine(StreamEngine):
                              f"{self.max_horizon} (open the stream with a larger one)")  # fmt: skip
         device = self.device
         zero = torch.zeros((), dtype=torch.long, device=device)
-        first_center = None
+        calls = list(plan.calls(patches, first_start=patches - 1))  # only the last context patch is re-read
+        first_center = calls[0][3]  # the keys were written at centre 0: shift every call by the first's
         blocks = []
         try:
-            for index in range(plan.blocks):
-                decoded = min(plan.block_patches, plan.horizon_patches - index * plan.block_patches)
-                center = (patches + index * plan.block_patches + decoded) // 2  # a fresh call's (upstream's)
-                first_center = center if first_center is None else first_center
-                first = index == 0
-                start = patches - 1 if first else patches + (index - 1) * plan.block
-                tokens = 1 + plan.block if first else 2 * plan.block
+            for start, tokens, decoded, center in calls:
                 quantiles = self.forecaster._block(
                     self.model, buffers, torch.tensor(start, device=device), zero,
                     torch.tensor(center - first_center, device=device), tokens, plan.block,

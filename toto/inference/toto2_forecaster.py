@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from jaxtyping import Bool, Float
@@ -99,12 +99,7 @@ class Toto2Forecaster:
         device = series.device
         offset = torch.tensor(plan.offset, device=device)
         blocks = []
-        for index in range(plan.blocks):
-            first = index == 0
-            start = 0 if first else plan.context_slots + (index - 1) * plan.block
-            tokens = plan.context_slots + plan.block if first else 2 * plan.block
-            decoded = min(plan.block_patches, plan.horizon_patches - index * plan.block_patches)
-            center = (plan.context_patches + index * plan.block_patches + decoded) // 2
+        for index, (start, tokens, decoded, center) in enumerate(plan.calls(plan.context_slots, first_start=0)):
             quantiles = self._block(
                 self.model, buffers, torch.tensor(start, device=device), offset, torch.tensor(center, device=device),
                 tokens, plan.block,
@@ -115,27 +110,35 @@ class Toto2Forecaster:
         return torch.cat(blocks, -1)[..., :prediction_length].to(series.dtype)
 
     def _fill(self, series: Tensor, observed: Tensor, plan: "BlockPlan") -> BlockBuffers:
-        batch, variates, length = series.shape
+        batch, variates, _ = series.shape
         buffers = self._buffers_for(batch, variates, plan.slots, series.device)
-        patch = self.patch_size
-        finite = series.isfinite()  # NaN or inf: missing, as everywhere in this package
-        values, observed = torch.where(finite, series, 0.0).float(), observed & finite
-        buffers.values.zero_()
-        buffers.observed.zero_()
-        start = plan.context_slots * patch - length
-        buffers.values[..., start : start + length] = values
-        buffers.observed[..., start : start + length] = observed
-        # Upstream treats the context's last patch as observed: training never ended on a gap.
-        buffers.observed[..., (plan.context_slots - 1) * patch : plan.context_slots * patch] = True
-        seen = buffers.observed[..., : plan.context_slots * patch].unflatten(-1, (-1, patch)).any(-1)
-        buffers.groups.zero_()
-        buffers.groups[..., : plan.context_slots] = torch.where(seen, 0, -1)
+        fill_context(buffers, series, observed, plan.context_slots, self.patch_size)
         return buffers
 
     def _buffers_for(self, batch: int, variates: int, slots: int, device: torch.device) -> BlockBuffers:
         dtype = next(self.model.parameters()).dtype
         key = (batch, variates, slots, dtype, device)
         return pooled(self._buffers, key, lambda: allocate(self.model, *key))
+
+
+def fill_context(buffers: BlockBuffers, series: Tensor, observed: Tensor, end: int, patch: int) -> Tensor:
+    """Clear ``buffers`` and write a context into them, ending at slot ``end`` (left-padded
+    before it), with each slot's group. Returns the true mask of the context's last patch,
+    which is then read as observed (upstream's rule: training never ended on a gap)."""
+    length = series.shape[-1]
+    finite = series.isfinite()  # NaN or inf: missing, as everywhere in this package
+    values, observed = torch.where(finite, series, 0.0).float(), observed & finite
+    for t in (buffers.values, buffers.observed, buffers.groups):
+        t.zero_()
+    start = end * patch - length
+    buffers.values[..., start : start + length] = values
+    buffers.observed[..., start : start + length] = observed
+    last_patch = slice((end - 1) * patch, end * patch)
+    true_mask = buffers.observed[..., last_patch].clone()
+    buffers.observed[..., last_patch] = True
+    seen = buffers.observed[..., : end * patch].unflatten(-1, (-1, patch)).any(-1)
+    buffers.groups[..., :end] = torch.where(seen, 0, -1)
+    return true_mask
 
 
 def allocate(
@@ -182,6 +185,18 @@ class BlockPlan:
         context_slots = bucket_capacity(context_patches)
         slots = context_slots + (decode_capacity(blocks) * block if blocks > 1 else block)
         return cls(context_patches, context_slots, horizon, block_patches, block, blocks, slots)
+
+    def calls(self, context_end: int, first_start: int) -> Iterator[tuple[int, int, int, int]]:
+        """Each block's call, ``(start, tokens, decoded, center)``: the context ends at slot
+        ``context_end`` and the first call reads from slot ``first_start`` (a fresh call reads
+        the whole context; a live stream only its last patch). ``center`` is upstream's."""
+        for index in range(self.blocks):
+            decoded = min(self.block_patches, self.horizon_patches - index * self.block_patches)
+            center = (self.context_patches + index * self.block_patches + decoded) // 2
+            if index == 0:
+                yield first_start, context_end - first_start + self.block, decoded, center
+            else:
+                yield context_end + (index - 1) * self.block, 2 * self.block, decoded, center
 
     @property
     def offset(self) -> int:

@@ -27,6 +27,7 @@ def test_readme_monitoring_example_runs(tiny_checkpoint):
     assert namespace["density"].shape == (1, 700) and namespace["scores"].anomaly.shape == (1, 700)
     exec(compile(blocks[1], "README Monitoring #1", "exec"), namespace)
     assert namespace["scores"].nll.shape == (1, 1, 40) and namespace["forecast"].mean.shape == (1, 1, 64)
+    assert namespace["held"].nll.shape == (1, 740)
     assert pipeline.stream_from_state(namespace["state"]).forecast(64).mean.equal(namespace["forecast"].mean)
 
 

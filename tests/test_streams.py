@@ -203,6 +203,28 @@ def test_scores_of_appended_steps_use_the_forecast_made_before_they_arrived(pipe
     assert flags[7 * patch + 5 - (6 * patch + 4)] and flags.sum() == 1
 
 
+def test_detect_anomalies_of_a_stream_scores_the_window_it_holds(pipeline, tiny_checkpoint):
+    patch = pipeline.family.patch_size
+    full = seasonal(12 * patch, seed=11, variates=2)
+    full[1, 9 * patch + 3] += 50.0
+    end = 9 * patch + 7  # a partial patch pending
+    stream = pipeline.stream(full[None, :, : 5 * patch])
+    stream.append(full[:, 5 * patch : end])
+    (scores,) = pipeline.detect_anomalies(stream)
+    (direct,) = pipeline.detect_anomalies(full[None, :, :end])  # [batch, variate, time]
+    assert scores.nll.shape == (2, end)
+    np.testing.assert_array_equal(scores.nll, direct.nll)
+    np.testing.assert_array_equal(scores.tail_probability, direct.tail_probability)
+    assert scores.anomaly[1, 9 * patch + 3]
+    np.testing.assert_array_equal(pipeline.log_likelihood(stream)[0], -direct.nll)
+    other = TotoPipeline.from_pretrained(str(tiny_checkpoint), device_map="cpu", torch_compile=False)
+    with pytest.raises(StreamError, match="another pipeline"):
+        other.detect_anomalies(stream)
+    stream.close()
+    with pytest.raises(StreamError, match="closed"):
+        pipeline.log_likelihood(stream)
+
+
 def test_streams_compile_and_stay_compiled(tiny_checkpoint):
     """Appends and forecasts of a warm stream: no graph breaks, no new graphs, no recompiles."""
     from toto.compile.health import steady_state

@@ -78,6 +78,8 @@ def test_state_round_trip_scores_and_rollback(pipeline, checkpoint, monkeypatch)
     np.testing.assert_allclose(scores.tail_probability[0, 0].numpy(),
                                expected.tail_probability()[0, 0, 6 * patch :].numpy(), rtol=1e-4, atol=1e-6)  # fmt: skip
     assert scores.anomaly(1e-6)[0, 0, 2 * patch + 5] and torch.isnan(scores.nll).all()
+    (held,) = pipeline.detect_anomalies(stream)  # the approximate scores of the window it holds
+    np.testing.assert_array_equal(held.tail_probability, pipeline.detect_anomalies(full[: 9 * patch])[0].tail_probability)
 
     buffer = io.BytesIO()
     torch.save(stream.state_dict(), buffer)

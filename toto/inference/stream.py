@@ -75,6 +75,14 @@ class LiveStream:
         """The window a fresh call would forecast from to match: ``[batch, variate, time]`` (NaN missing)."""
         return self._window.clone()
 
+    def window_for(self, forecaster: Any) -> Tensor:
+        """:attr:`context`, for a caller that scores it with ``forecaster``'s model: refused if
+        the stream is closed or was opened on another model."""
+        self._check_open()
+        if forecaster is not self._engine.forecaster:
+            raise StreamError("this stream was opened by another pipeline; score it with that pipeline")
+        return self.context
+
     @property
     def pending(self) -> int:
         """Appended steps not yet in a whole cached patch."""

@@ -52,7 +52,9 @@ class MonitoringMethods:
         as :meth:`predict` reads a context (1-D: one series; 2-D: a batch of univariate
         series; 3-D: ``[batch, variate, time]``), or a list of series, each 1-D or ``[variate,
         time]``, that may differ in length (each is scored alone). Series of one shape run
-        ``batch_size`` at a time (default: all at once). Toto 1.0 only: Toto 2.0 has no density.
+        ``batch_size`` at a time (default: all at once). A :class:`~toto.inference.stream.LiveStream`
+        of this pipeline scores the window it holds (:attr:`~toto.inference.stream.LiveStream.context`).
+        Toto 1.0 only: Toto 2.0 has no density.
         """
         if self.family.output != "samples":
             raise ValueError(f"{self.family.name} forecasts quantiles; it has no density (log-likelihoods are for "
@@ -63,7 +65,7 @@ class MonitoringMethods:
     def detect_anomalies(
         self, series: Any, *, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE, batch_size: int | None = None
     ) -> list[AnomalyScores]:
-        """:class:`AnomalyScores` per series (inputs as :meth:`log_likelihood`): the negative
+        """:class:`AnomalyScores` per series (inputs as :meth:`log_likelihood`, a stream included): the negative
         log-likelihood, the two-sided tail probability under the predictive mixture, and a
         flag where it is below ``false_alarm_rate``. Needs scipy (``toto-compiled[monitoring]``).
 
@@ -141,6 +143,8 @@ class MonitoringMethods:
         one array per series in input order; series of one shape are batched."""
         if batch_size is not None:
             check_int("batch_size", batch_size)
+        if isinstance(series, LiveStream):
+            series = series.window_for(self.family.forecaster)
         items = _series_list(series)
         results: list[np.ndarray] = [np.empty(0)] * len(items)
         by_shape: dict[tuple, list[int]] = {}

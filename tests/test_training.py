@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import TINY_CONFIG, write_checkpoint
+from compile_backends import HEALTH
 from oracle import import_oracle
 
 from toto import Toto, TotoPipeline
@@ -438,8 +439,10 @@ def _recording(method, seen):
     return wrapper
 
 
-def test_readme_example_runs(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """The README's fine-tuning example, on the tiny checkpoint instead of the hub's."""
+def test_readme_example_runs(tiny_checkpoint, tmp_path, monkeypatch, capsys, health_backend):
+    """The README's fine-tuning example, on the tiny checkpoint instead of the hub's, compiled on
+    the health backend (inductor's training step: test_compiled_and_eager_losses_agree)."""
+    monkeypatch.setenv("TOTO_COMPILE_BACKEND", HEALTH)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Fine-tuning", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]

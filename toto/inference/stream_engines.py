@@ -205,15 +205,13 @@ class Toto2Engine(StreamEngine):
         last_mask = torch.zeros(batch, variates, self.patch_size, dtype=torch.bool, device=device or self.device)
         if device is None:
             self.buffers, self.head, self.last_mask = buffers, head, last_mask
-        return [buffers.values, buffers.observed, buffers.groups, *(t for pair in buffers.caches for t in pair),
-                head, last_mask]  # fmt: skip
+        return [*buffers.tensors(), head, last_mask]
 
     def tensors(self) -> list[Tensor]:
-        b = self.buffers
-        return [b.values, b.observed, b.groups, *(t for pair in b.caches for t in pair), self.head, self.last_mask]
+        return [*self.buffers.tensors(), self.head, self.last_mask]
 
     def cache_tensors(self) -> list[Tensor]:
-        return [t for pair in self.buffers.caches for t in pair]
+        return self.buffers.cache_tensors()
 
     def set_patches(self, patches: int) -> None:
         pass  # positions live in the host's count; the buffers keep none

@@ -159,7 +159,7 @@ def allocate(
         groups=torch.zeros(batch, variates, slots, dtype=torch.long, device=device),
         caches=caches,
     )
-    mark_static([buffers.values, buffers.observed, buffers.groups, *(t for pair in caches for t in pair)])
+    mark_static(buffers.tensors())
     return buffers
 
 

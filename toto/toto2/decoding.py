@@ -29,6 +29,12 @@ class BlockBuffers(NamedTuple):
     groups: Int[Tensor, "batch variate slots"]  # -1: a context patch with nothing observed
     caches: list[tuple[Tensor, Tensor]]  # per time layer: keys, values [rows, kv_heads, slots, dim]
 
+    def cache_tensors(self) -> list[Tensor]:
+        return [t for pair in self.caches for t in pair]
+
+    def tensors(self) -> list[Tensor]:
+        return [self.values, self.observed, self.groups, *self.cache_tensors()]
+
 
 def decode_block(
     model: Toto2Model,

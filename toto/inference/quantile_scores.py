@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..data.util.dataset import padded_length
 from ..toto2.config import QUANTILE_LEVELS
-from ..toto2.decoding import clamp_infinities
+from ..toto2.decoding import knots_of
 from ..toto2.model import Toto2Model
 from .likelihood import two_sided
 
@@ -73,8 +73,7 @@ def quantile_step_predictions(
     values, mask = F.pad(series, (left, 0)), F.pad(observed, (left, 0))
     quantiles, loc, scale = model(values, mask)  # [quantile, batch, variate, patch, steps]; loc [batch, variate, patch]
     head = rearrange(quantiles[..., :patch].float(), "quantile ... patch step -> ... patch step quantile")
-    knots = head.sinh() * scale[..., None, None] + loc[..., None, None]
-    knots = clamp_infinities(knots).sort(dim=-1).values.flatten(-3, -2)  # [batch, variate, time, quantile]
+    knots = knots_of(head, loc, scale).flatten(-3, -2)  # [batch, variate, time, quantile]
     knots = F.pad(knots[..., :-patch, :], (0, 0, patch, 0), value=0.0)  # patch k's forecast belongs to patch k + 1
     scored = mask.clone()
     scored[..., :patch] = False

@@ -56,9 +56,7 @@ def decode_block(
     # The token before each unknown patch forecasts it: only those are computed to the end.
     hidden = model.transformer(x, time_mask, variate_mask, turn, buffers.caches, slots, outputs=block + 1)
     head = model.output_head(hidden[..., :-1, :])[..., :patch, :].float()
-    new_loc, new_scale = loc[..., -block:, None, None], scale[..., -block:, None, None]
-    quantiles = head.sinh() * new_scale + new_loc  # [batch, variate, block, step, quantile]
-    quantiles = clamp_infinities(quantiles).sort(dim=-1).values
+    quantiles = knots_of(head, loc[..., -block:], scale[..., -block:])  # [batch, variate, block, step, quantile]
     medians = quantiles[..., MEDIAN].flatten(-2)
     new_steps = steps[-block * patch :]
     buffers.values.index_copy_(-1, new_steps, medians)
@@ -83,8 +81,7 @@ def encode_slots(
     at = (last - start).reshape(1)
     head = model.output_head(hidden.index_select(-2, at))[..., :patch, :].float()  # [batch, variate, 1, step, quantile]
     # The next patch is unobserved: its statistics are those through ``last``.
-    knots = head.sinh() * scale.index_select(-1, at)[..., None, None] + loc.index_select(-1, at)[..., None, None]
-    return clamp_infinities(knots).sort(dim=-1).values[..., 0, :, :]
+    return knots_of(head, loc.index_select(-1, at), scale.index_select(-1, at))[..., 0, :, :]
 
 
 def _call_inputs(
@@ -108,6 +105,14 @@ def _call_inputs(
     time_mask, variate_mask = group_masks(buffers.groups, slots, all_slots)
     turn = rotation(slots - offset, center, config.qk_dim // 2, config.use_xpos)
     return x, time_mask, variate_mask, turn, slots, steps, loc, scale
+
+
+def knots_of(
+    head: Float[Tensor, "... patch step quantile"], loc: Float[Tensor, "... patch"], scale: Float[Tensor, "... patch"]
+) -> Float[Tensor, "... patch step quantile"]:
+    """The output head's knots in the data's units: sinh, un-scaled with each patch's statistics,
+    infinities clamped within the patch, sorted."""
+    return clamp_infinities(head.sinh() * scale[..., None, None] + loc[..., None, None]).sort(dim=-1).values
 
 
 def clamp_infinities(x: Float[Tensor, "... step quantile"]) -> Tensor:

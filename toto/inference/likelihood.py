@@ -75,8 +75,7 @@ def step_predictions(
     ``observed`` False there), left-padded to whole patches as a forecast pads its context."""
     patch = model.patch_size
     length = series.shape[-1]
-    left = padded_length(length, patch) - length
-    values, mask = F.pad(series, (left, 0)), F.pad(observed, (left, 0))
+    values, mask, scored, left = teacher_forced_inputs(series, observed, patch)
     ids = torch.zeros(1, 1, 1, dtype=torch.long, device=series.device)
     out = model(values[..., :-patch], mask[..., :-patch], ids)
     # The model's outputs in float32 at least (a bfloat16 model's mixture already is).
@@ -85,10 +84,20 @@ def step_predictions(
         *(F.pad(t, (0, 0, patch, 0), value=1.0) for t in (out.distribution.df, out.distribution.loc,
                                                           out.distribution.scale, out.distribution.logits))
     )  # fmt: skip
-    scored = mask.clone()
-    scored[..., :patch] = False
     return StepPredictions(mixture.last_steps(length), loc[..., left:], scale[..., left:] + EPS,
                            values[..., left:].float(), scored[..., left:])  # fmt: skip
+
+
+def teacher_forced_inputs(
+    series: Float[Tensor, "batch variate time"], observed: Bool[Tensor, "batch variate time"], patch: int
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """``series`` and ``observed`` left-padded to whole patches, as a forecast pads its context;
+    the steps that get a score (observed, after the first patch); and the padding's length."""
+    left = padded_length(series.shape[-1], patch) - series.shape[-1]
+    values, mask = F.pad(series, (left, 0)), F.pad(observed, (left, 0))
+    scored = mask.clone()
+    scored[..., :patch] = False
+    return values, mask, scored, left
 
 
 def two_sided(cdf: Tensor, scored: Tensor) -> Tensor:

@@ -19,11 +19,10 @@ from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..data.util.dataset import padded_length
 from ..toto2.config import QUANTILE_LEVELS
 from ..toto2.decoding import knots_of
 from ..toto2.model import Toto2Model
-from .likelihood import two_sided
+from .likelihood import teacher_forced_inputs, two_sided
 
 
 class QuantileStepPredictions(NamedTuple):
@@ -68,13 +67,9 @@ def quantile_step_predictions(
     forecasts patch ``k + 1``, un-scaled with patch ``k``'s statistics, as the first block of a
     forecast from patch ``k`` would be."""
     patch = model.patch_size
-    length = series.shape[-1]
-    left = padded_length(length, patch) - length
-    values, mask = F.pad(series, (left, 0)), F.pad(observed, (left, 0))
+    values, mask, scored, left = teacher_forced_inputs(series, observed, patch)
     quantiles, loc, scale = model(values, mask)  # [quantile, batch, variate, patch, steps]; loc [batch, variate, patch]
     head = rearrange(quantiles[..., :patch].float(), "quantile ... patch step -> ... patch step quantile")
     knots = knots_of(head, loc, scale).flatten(-3, -2)  # [batch, variate, time, quantile]
     knots = F.pad(knots[..., :-patch, :], (0, 0, patch, 0), value=0.0)  # patch k's forecast belongs to patch k + 1
-    scored = mask.clone()
-    scored[..., :patch] = False
     return QuantileStepPredictions(knots[..., left:, :], QUANTILE_LEVELS, values[..., left:].float(), scored[..., left:])

@@ -38,6 +38,17 @@ def _causal_moments(x64: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return weight_sum, value_sum, mean, m2
 
 
+def _continued_moments(state: "ScalerState", x64: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_causal_moments` of steps that follow the sums in ``state``."""
+    weight_sum = state.weight_sum[..., None] + torch.cumsum(w, dim=-1)
+    value_sum = state.value_sum[..., None] + torch.cumsum(w * x64, dim=-1)
+    mean = value_sum / weight_sum.clamp_min(1.0)
+    start_mean = (state.value_sum / state.weight_sum.clamp_min(1.0))[..., None]
+    previous_mean = torch.cat((start_mean, mean[..., :-1]), dim=-1)
+    m2 = state.m2[..., None] + torch.cumsum((x64 - previous_mean) * (x64 - mean) * w, dim=-1)
+    return weight_sum, value_sum, mean, m2
+
+
 def _spread_over_patch(per_patch: Tensor, patch_size: int) -> Tensor:
     """One value per patch -> the same value at each of the patch's steps."""
     return repeat(per_patch, "... patches -> ... (patches step)", step=patch_size)
@@ -100,14 +111,7 @@ class CausalPatchScaler(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, ScalerState]:
         """Scale one fully observed patch; returns ``(scaled, loc, scale, new_state)``, loc/scale ``[batch, variate]``."""
         x64 = patch.to(torch.float64)
-        steps = torch.arange(1, patch.shape[-1] + 1, device=patch.device, dtype=torch.float64)
-        weight_sum = state.weight_sum[..., None] + steps
-        value_sum = state.value_sum[..., None] + torch.cumsum(x64, dim=-1)
-        mean = value_sum / weight_sum.clamp_min(1.0)
-        start_mean = (state.value_sum / state.weight_sum.clamp_min(1.0))[..., None]
-        previous_mean = torch.cat((start_mean, mean[..., :-1]), dim=-1)
-        m2 = state.m2[..., None] + torch.cumsum((x64 - previous_mean) * (x64 - mean), dim=-1)
-
+        weight_sum, value_sum, mean, m2 = _continued_moments(state, x64, torch.ones_like(x64))
         new_state = ScalerState(weight_sum[..., -1], value_sum[..., -1], m2[..., -1], state.min_scale, state.max_scale)
         loc, scale = self._loc_scale(new_state.weight_sum, mean[..., -1], new_state.m2, state.min_scale, state.max_scale)
         loc, scale = loc.to(patch.dtype), scale.to(patch.dtype)
@@ -124,12 +128,7 @@ class CausalPatchScaler(nn.Module):
         new bounds to know whether its earlier patches would now be clamped otherwise.
         """
         x64, w = patch.to(torch.float64), observed.to(torch.float64)
-        weight_sum = state.weight_sum[..., None] + torch.cumsum(w, dim=-1)
-        value_sum = state.value_sum[..., None] + torch.cumsum(w * x64, dim=-1)
-        mean = value_sum / weight_sum.clamp_min(1.0)
-        start_mean = (state.value_sum / state.weight_sum.clamp_min(1.0))[..., None]
-        previous_mean = torch.cat((start_mean, mean[..., :-1]), dim=-1)
-        m2 = state.m2[..., None] + torch.cumsum((x64 - previous_mean) * (x64 - mean) * w, dim=-1)
+        weight_sum, value_sum, mean, m2 = _continued_moments(state, x64, w)
         min_scale, max_scale = self.bounds_of_sums(weight_sum[..., -1], m2[..., -1])
         new_state = ScalerState(weight_sum[..., -1], value_sum[..., -1], m2[..., -1], min_scale, max_scale)
         raw_scale = torch.sqrt(_causal_variance(new_state.weight_sum, new_state.m2, bessel=True) + self.minimum_scale)
